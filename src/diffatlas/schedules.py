@@ -1,0 +1,126 @@
+"""Noise schedules and sampling time grids, as pure functions.
+
+Beta schedules return float64 tensors of T betas; sigma schedules return float64 sigma
+tables; sampling grids map (dynamics, steps) to a decreasing float64 tensor of times that
+starts at t_max and ends at t_min (see docs/ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .registry import Registry
+
+BETA_SCHEDULES: Registry = Registry("beta schedule")
+GRIDS: Registry = Registry("time grid")
+
+# Largest noise level a grid resolves in the scaled frame; beyond it x / alpha is pure noise.
+SIGMA_HAT_MAX = 1e4
+
+
+@BETA_SCHEDULES.register("linear", "betas linear in i from beta_min to beta_max (Ho et al. 2020)")
+def beta_linear(steps: int, beta_min: float = 1e-4, beta_max: float = 0.02, scale: float = 1.0) -> Tensor:
+    # Both ends are multiplied by `scale`: the scale factor on the range used to compare schedules
+    # at equal numbers of steps (Nichol & Dhariwal 2021 use scale = 1000 / T).
+    return torch.linspace(scale * beta_min, scale * beta_max, steps, dtype=torch.float64)
+
+
+@BETA_SCHEDULES.register("quadratic", "sqrt(beta) linear from sqrt(beta_min) to sqrt(beta_max)")
+def beta_quadratic(steps: int, beta_min: float = 1e-4, beta_max: float = 0.02, scale: float = 1.0) -> Tensor:
+    return torch.linspace(math.sqrt(scale * beta_min), math.sqrt(scale * beta_max), steps, dtype=torch.float64) ** 2
+
+
+@BETA_SCHEDULES.register("sigmoid", "betas along a sigmoid over [-6, 6] between beta_min and beta_max")
+def beta_sigmoid(steps: int, beta_min: float = 1e-4, beta_max: float = 0.02, scale: float = 1.0) -> Tensor:
+    s = torch.sigmoid(torch.linspace(-6.0, 6.0, steps, dtype=torch.float64))
+    return scale * (beta_min + (beta_max - beta_min) * s)
+
+
+@BETA_SCHEDULES.register("cosine", "alpha_bar = cos^2 schedule with offset s=0.008 (Nichol & Dhariwal 2021, eq. 17)")
+def beta_cosine(steps: int, beta_min: float = 1e-4, beta_max: float = 0.999, scale: float = 1.0, s: float = 0.008) -> Tensor:
+    # alpha_bar(t) = f(t)/f(0), f(t) = cos^2(((t/T + s)/(1 + s)) pi/2); beta_t = 1 - alpha_bar_t/alpha_bar_{t-1},
+    # clipped at 0.999 to avoid singularities near t = T. beta_min/scale are unused (the shape is fixed).
+    i = torch.arange(steps + 1, dtype=torch.float64)
+    f = torch.cos((i / steps + s) / (1 + s) * math.pi / 2) ** 2
+    alpha_bar = f / f[0]
+    return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=beta_max)
+
+
+def sigma_geometric(levels: int, sigma_min: float, sigma_max: float) -> Tensor:
+    """Geometric sigmas, increasing from sigma_min to sigma_max (Song & Ermon 2019)."""
+    return torch.exp(torch.linspace(math.log(sigma_min), math.log(sigma_max), levels, dtype=torch.float64))
+
+
+def sigma_karras(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tensor:
+    """Decreasing sigmas sigma_max -> sigma_min, uniform in sigma^(1/rho) (Karras et al. 2022, eq. 5)."""
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    inv_max, inv_min = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    return (inv_max + ramp * (inv_min - inv_max)) ** rho
+
+
+# ---- sampling time grids: (dynamics, steps) -> t_max = t_0 > ... > t_{steps-1} = t_min ----------
+
+def _check_steps(steps: int) -> None:
+    if steps < 1:
+        raise ValueError(f"a time grid needs at least 1 step, got {steps}")
+
+
+@GRIDS.register("uniform", "uniform in t from t_max to t_min")
+def grid_uniform(dynamics, steps: int) -> Tensor:
+    _check_steps(steps)
+    if steps == 1:
+        return torch.tensor([dynamics.t_max], dtype=torch.float64)
+    return torch.linspace(dynamics.t_max, dynamics.t_min, steps, dtype=torch.float64)
+
+
+@GRIDS.register("quadratic", "uniform in sqrt(t): denser near the data (Song et al. 2021 DDIM 'quad')")
+def grid_quadratic(dynamics, steps: int) -> Tensor:
+    _check_steps(steps)
+    if steps == 1:
+        return torch.tensor([dynamics.t_max], dtype=torch.float64)
+    r = torch.linspace(math.sqrt(dynamics.t_max), math.sqrt(dynamics.t_min), steps, dtype=torch.float64)
+    return r**2
+
+
+@GRIDS.register("karras", "uniform in sigma_hat^(1/7) (Karras et al. 2022, eq. 5), mapped to each process's time")
+def grid_karras(dynamics, steps: int, rho: float = 7.0) -> Tensor:
+    _check_steps(steps)
+    t_ends = torch.tensor([dynamics.t_max, dynamics.t_min], dtype=torch.float64)
+    # sigma_hat is infinite at t_max for processes that end in pure noise (rectified flow): clip it.
+    s_max, s_min = (float(v) for v in dynamics.sigma_hat(t_ends).clamp(max=SIGMA_HAT_MAX))
+    if steps == 1:
+        return t_ends[:1]
+    t = dynamics.t_from_sigma_hat(sigma_karras(steps, s_min, s_max, rho))
+    t[0], t[-1] = dynamics.t_max, dynamics.t_min
+    return t
+
+
+@GRIDS.register("logsnr", "uniform in log-SNR (as DPM-Solver uses)")
+def grid_logsnr(dynamics, steps: int) -> Tensor:
+    _check_steps(steps)
+    t_ends = torch.tensor([dynamics.t_max, dynamics.t_min], dtype=torch.float64)
+    lam_lo, lam_hi = (float(v) for v in dynamics.log_snr(t_ends).clamp(min=-2 * math.log(SIGMA_HAT_MAX)))
+    if steps == 1:
+        return t_ends[:1]
+    t = dynamics.t_from_log_snr(torch.linspace(lam_lo, lam_hi, steps, dtype=torch.float64))
+    t[0], t[-1] = dynamics.t_max, dynamics.t_min
+    return t
+
+
+@GRIDS.register("discrete", "a discrete process's own steps, evenly respaced to `steps` of them")
+def grid_discrete(dynamics, steps: int) -> Tensor:
+    _check_steps(steps)
+    times = dynamics.discrete_times()  # increasing, t_1 .. t_T
+    T = len(times)
+    if steps > T:
+        raise ValueError(f"asked for {steps} steps of a process with only {T} discrete steps")
+    # Evenly spaced subsequence including both ends (respacing, Nichol & Dhariwal 2021, sec. 4).
+    idx = torch.linspace(T - 1, 0, steps, dtype=torch.float64).round().long()
+    return times[idx]
+
+
+def make_grid(name: str, dynamics, steps: int) -> Tensor:
+    return GRIDS.get(name)(dynamics, steps)
