@@ -1,0 +1,105 @@
+"""The data axis: a registry of datasets, each an `ImageDataset` with values in [-1, 1].
+
+    ds = load_dataset("fashion-mnist", resolution=32)      # 28x28 padded with -1 to 32x32
+    x, y = ds.to("cuda").get_batch(torch.arange(64))
+
+Names (CLI words and report labels): digits, fashion-mnist, mnist, cifar10, image-folder,
+toy2d (kind=gaussian-mixture|moons|swiss-roll|checkerboard), gaussian (dim=...).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import UserError
+from ..registry import Registry
+from .base import ImageDataset, LazyImageDataset, pad_or_resize
+from .cifar import load_cifar10
+from .digits import load_digits_dataset
+from .folder import load_image_folder
+from .idx import load_fashion_mnist, load_mnist, read_idx
+from .toy import (
+    TOY2D_KINDS,
+    ExactDenoiser,
+    GaussianMixture,
+    gaussian,
+    load_gaussian,
+    load_toy2d,
+    sample_toy2d,
+    standard_mixture,
+)
+
+DATASETS: Registry[Callable[..., ImageDataset]] = Registry("dataset")
+
+DATASETS.register("digits", "scikit-learn digits: 8x8 grayscale, 1,797 images, 10 classes")(
+    load_digits_dataset
+)
+DATASETS.register("fashion-mnist", "Fashion-MNIST: 28x28 grayscale, 60k/10k, 10 classes (IDX files)")(
+    load_fashion_mnist
+)
+DATASETS.register("mnist", "MNIST: 28x28 grayscale digits, 60k/10k, 10 classes (IDX files)")(load_mnist)
+DATASETS.register("cifar10", "CIFAR-10: 32x32 RGB, 50k/10k, 10 classes (python batches)")(load_cifar10)
+DATASETS.register("image-folder", "a folder of images (e.g. FFHQ), centre-cropped and resized, RGB")(
+    load_image_folder
+)
+DATASETS.register("toy2d", "2-D points: gaussian-mixture, moons, swiss-roll, checkerboard")(load_toy2d)
+DATASETS.register("gaussian", "points from an isotropic or diagonal Gaussian in dim dimensions")(
+    load_gaussian
+)
+
+_COMMON = ("root", "split", "resolution", "download")
+
+
+def dataset_options(name: str) -> dict[str, Any]:
+    """The extra options (beyond root, split, resolution, download) dataset `name` accepts, with defaults."""
+    params = inspect.signature(DATASETS.get(name)).parameters
+    return {k: p.default for k, p in params.items() if k not in _COMMON}
+
+
+def load_dataset(
+    name: str,
+    *,
+    root: str | None = None,
+    split: str = "train",
+    resolution: int | None = None,
+    download: bool = False,
+    **options: Any,
+) -> ImageDataset:
+    """Load dataset `name` -> ImageDataset (CPU; call `.to(device)`).
+
+    Args:
+        name: a DATASETS name.
+        root: directory of the files (dataset-specific default; synthetic sets take none).
+        split: "train", "test" or (for file datasets) "all".
+        resolution: output side length for images: pads with -1 when larger than the stored size
+            (28 -> 32), resizes (PIL, antialiased) when smaller; `resize_mode` option overrides.
+        download: fetch missing files from the standard URLs, checking MD5s (mnist, fashion-mnist, cifar10).
+        options: dataset-specific, see `dataset_options(name)` (e.g. toy2d: kind, n, seed).
+    Raises UnknownNameError for an unknown name, UserError for bad options or missing/corrupt files.
+    """
+    factory = DATASETS.get(name)
+    accepted = dataset_options(name)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        choices = ", ".join(accepted) or "none"
+        raise UserError(f"dataset {name!r} has no option {', '.join(unknown)}; its options: {choices}")
+    return factory(root=root, split=split, resolution=resolution, download=download, **options)
+
+
+__all__ = [
+    "DATASETS",
+    "TOY2D_KINDS",
+    "ExactDenoiser",
+    "GaussianMixture",
+    "ImageDataset",
+    "LazyImageDataset",
+    "dataset_options",
+    "gaussian",
+    "load_dataset",
+    "pad_or_resize",
+    "read_idx",
+    "sample_toy2d",
+    "standard_mixture",
+]
