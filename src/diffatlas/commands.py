@@ -1,0 +1,197 @@
+"""Subcommands: train, sample, list, doctor."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one run from a config file plus dotted overrides")
+    p.add_argument("config", nargs="?", help="YAML config (omit for the defaults: a DDPM on digits)")
+    p.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=2e-4 network.preset=unet-s")
+    p.add_argument("--run-dir", "-o", help="run directory (default runs/<dynamics>-<hash>)")
+    p.add_argument("--dry-run", action="store_true", help="print the fully resolved config and exit")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest complete snapshot (the default when the run dir holds one)")
+    p.add_argument("--progress", choices=["auto", "bar", "lines"], default="auto")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="sample a trained run and write a grid PNG and an .npz")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0, help="first per-sample seed (sample i uses seed + i)")
+    p.add_argument("--sampler", help="sampler name (diffatlas list samplers)")
+    p.add_argument("--steps", type=int, help="number of grid steps")
+    p.add_argument("--grid", help="time grid (diffatlas list grids)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="sampler option, e.g. eta=0.5")
+    p.add_argument("--snapshot", default="last", help="kimg of the snapshot, or last")
+    p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--class", dest="klass", type=int, help="class label for conditional sampling")
+    p.add_argument("--guidance", help="classifier:SCALE or cfg:W")
+    p.add_argument("--classifier", help="noise-aware classifier directory (for classifier guidance)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None, help="PNG path (default RUN/samples/<snapshot>-<sampler>-<steps>.png)")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("list", help="registered names of each axis")
+    p.add_argument("axis", nargs="?", help="one axis: datasets, networks, dynamics, schedules, grids, "
+                                            "parameterizations, weightings, samplers, extractors")
+    p.add_argument("--shape", default=None, help="with networks: C,H,W to count parameters/FLOPs at (default per preset)")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("doctor", help="check that a run's network uses its noise level (and class label)")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--snapshot", default="last")
+    p.set_defaults(func=cmd_doctor)
+
+
+def _device(name: str) -> str:
+    import torch
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import hashlib
+
+    from .config import dump_yaml, load_config, to_dict
+    from .train import train
+
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in config and not Path(config).exists():
+        config, overrides = None, [config] + overrides  # no config file: only overrides
+    cfg = load_config(config, overrides)
+    if args.dry_run:
+        print(dump_yaml(cfg), end="")
+        return 0
+    if args.run_dir:
+        run_dir = Path(args.run_dir)
+    else:
+        digest = hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:8]
+        run_dir = Path("runs") / f"{cfg.dynamics.name}-{cfg.data.name}-{digest}"
+    progress = {"auto": None, "bar": True, "lines": False}[args.progress]
+    done = train(cfg, run_dir, progress=progress)
+    print(f"run: {run_dir}  (kimg {done['kimg']:g}, config {run_dir / 'config.yaml'}, stats {run_dir / 'stats.jsonl'}, "
+          f"snapshots {run_dir / 'snapshots'})")
+    if done.get("doctor_ok") is False:
+        print(f"diffatlas: error: the trained network failed the doctor's check; see {run_dir / 'doctor.json'}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _parse_options(items: list[str]) -> dict:
+    import yaml
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--option {item!r} must be KEY=VALUE, e.g. eta=0.5")
+        k, v = item.split("=", 1)
+        out[k] = yaml.safe_load(v)
+    return out
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from .checkpoint import atomic_write_text
+    from .sampling import load_run, sample_run, save_image_grid
+
+    if args.n <= 0:
+        raise UserError(f"--n must be a positive number of samples, got {args.n}")
+    device = _device(args.device)
+    cond, guidance = None, None
+    if args.klass is not None or args.guidance:
+        from .guidance import guidance_from_args
+        run = load_run(args.run, args.snapshot, device=device)
+        cond, guidance = guidance_from_args(run, args.klass, args.guidance, args.classifier, args.n, device)
+    res = sample_run(args.run, n=args.n, seed=args.seed, sampler=args.sampler, steps=args.steps, grid=args.grid,
+                     options=_parse_options(args.option), snapshot=args.snapshot, ema=not args.raw, cond=cond,
+                     guidance=guidance, device=device)
+    name = f"{res['snapshot']}-{res['sampler']}-{res['steps']}-seed{args.seed}"
+    out = Path(args.out) if args.out else Path(args.run) / "samples" / f"{name}.png"
+    save_image_grid(res["x"], out)
+    npz = out.with_suffix(".npz")
+    tmp = npz.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, samples=res["x"].numpy(), seeds=np.arange(args.seed, args.seed + args.n),
+                        labels=(cond.cpu().numpy() if cond is not None else np.array([])))
+    tmp.replace(npz)
+    meta = {k: v for k, v in res.items() if k != "x"} | {"n": args.n, "guidance": args.guidance, "class": args.klass}
+    atomic_write_text(out.with_suffix(".json"), json.dumps(meta, indent=1))
+    print(f"{args.n} samples ({res['sampler']}, {res['steps']} steps on the {res['grid']} grid, NFE {res['nfe']}, "
+          f"snapshot kimg {res['kimg']:g}): {out}  {npz}")
+    return 0
+
+
+AXES = {
+    "datasets": ("diffatlas.data", "DATASETS"),
+    "networks": ("diffatlas.networks", "PRESETS"),
+    "dynamics": ("diffatlas.dynamics", "DYNAMICS"),
+    "schedules": ("diffatlas.schedules", "BETA_SCHEDULES"),
+    "grids": ("diffatlas.schedules", "GRIDS"),
+    "parameterizations": ("diffatlas.parameterization", "PARAMETERIZATIONS"),
+    "weightings": ("diffatlas.losses", "WEIGHTINGS"),
+    "samplers": ("diffatlas.samplers", "SAMPLERS"),
+    "extractors": ("diffatlas.metrics", "EXTRACTORS"),
+    "guidance": ("diffatlas.guidance", "GUIDANCE"),
+}
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    import importlib
+
+    axes = [args.axis] if args.axis else list(AXES)
+    for axis in axes:
+        if axis not in AXES:
+            raise UserError(f"unknown axis {axis!r}; choose one of: {', '.join(AXES)}")
+        module, attr = AXES[axis]
+        try:
+            reg = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError):
+            continue
+        print(f"{axis}:")
+        if axis == "networks":
+            _list_networks(args.shape)
+            continue
+        for e in reg.entries():
+            print(f"  {e.name:<18} {e.description}")
+    return 0
+
+
+def _list_networks(shape_arg: str | None) -> None:
+    from .networks import describe_presets
+
+    shape = tuple(int(v) for v in shape_arg.split(",")) if shape_arg else None
+    rows = describe_presets(shape) if shape else describe_presets(None)
+    print(f"  {'preset':<16} {'family':<12} {'shape':<12} {'params':>12} {'fwd GFLOPs':>11}  description")
+    for r in rows:
+        shp = "x".join(str(v) for v in r.get("shape", ()))
+        print(f"  {r['name']:<16} {r['family']:<12} {shp:<12} {r['params']:>12,} {r['flops'] / 1e9:>11.3f}  {r.get('description', '')}")
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint import atomic_write_text
+    from .data import load_dataset
+    from .doctor import diagnose
+    from .sampling import load_run
+
+    run = load_run(args.run, args.snapshot)
+    d = run.cfg.data
+    ds = load_dataset(d.name, root=d.root, split=d.split, resolution=d.resolution, **d.options)
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:64]
+    x, _ = ds.get_batch(idx)
+    report = diagnose(run.denoiser, x, num_classes=run.num_classes, generator=torch.Generator().manual_seed(0))
+    atomic_write_text(Path(args.run) / "doctor.json", json.dumps(report.to_dict(), indent=1))
+    print(json.dumps(report.to_dict(), indent=1))
+    if not report.ok:
+        print("diffatlas: error: " + "; ".join(report.problems), file=sys.stderr)
+        return 1
+    return 0

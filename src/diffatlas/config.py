@@ -1,0 +1,329 @@
+"""Typed, frozen configuration: one dataclass per axis, loaded from YAML plus dotted overrides.
+
+    cfg = load_config("run.yaml", ["train.lr=2e-4", "network.preset=unet-s", "dynamics.steps=500"])
+
+A section whose object comes from a registry (data, network, dynamics, sample) takes the
+object's own keyword arguments as extra keys (stored under `options`): `dynamics.steps=500`
+is `DDPM(steps=500)`. `resolve(cfg)` fills in every default, so the saved config of a run
+states everything that decided its result. Unknown keys, wrong types and unknown registry
+names raise UserError with one line naming the valid choices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import types
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "digits"
+    root: str | None = None
+    split: str = "train"
+    resolution: int | None = None
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    preset: str = "unet-xs"
+    conditional: bool = False  # class-conditional with a null class (classifier-free guidance)
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DynamicsConfig:
+    name: str = "ddpm"
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    parameterization: str = "eps"
+    weighting: str = "simple"
+    sigma_data: float | None = None  # None: the parameterization's default
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    kimg: float = 200.0                 # training length in thousands of images seen
+    batch: int = 128                    # global batch size (split across processes)
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_kimg: float = 10.0           # linear learning-rate warm-up
+    grad_clip: float = 1.0              # max global gradient norm; 0 disables
+    ema_halflife_kimg: float = 10.0     # EMA half-life in kimg (Karras et al. 2022, App. F)
+    ema_rampup: float | None = 0.05     # half-life at most this fraction of images seen so far
+    label_dropout: float = 0.0          # probability of the null class (classifier-free guidance training)
+    seed: int = 0
+    tick_kimg: float = 5.0              # one stats.jsonl line every tick
+    snapshot_kimg: float = 50.0         # one snapshot every this many kimg (and at the end)
+    keep_snapshots: bool = True         # keep every snapshot (for convergence curves) or only the latest
+    device: str = "auto"                # auto | cpu | cuda | cuda:N
+    precision: str = "fp32"             # fp32 | bf16 (autocast on CUDA)
+    compile: bool = False               # torch.compile the network (CUDA)
+    channels_last: bool = False
+    tf32: bool = True                   # allow TF32 matmuls on CUDA
+    doctor: bool = True                 # run the noise/label-sensitivity check at the end of training
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    sampler: str = "auto"               # auto: the dynamics' own (ancestral for discrete, heun otherwise)
+    steps: int = 0                      # 0: a sensible default for the sampler and dynamics
+    grid: str = "auto"
+    n: int = 64
+    seed: int = 0
+    ema: bool = True
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    dynamics: DynamicsConfig = field(default_factory=DynamicsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+SECTIONS = {f.name: f.type for f in fields(Config)}
+_SECTION_CLASSES = {"data": DataConfig, "network": NetworkConfig, "dynamics": DynamicsConfig,
+                    "model": ModelConfig, "train": TrainConfig, "sample": SampleConfig}
+
+
+# ---- conversion ------------------------------------------------------------------------------
+
+def to_dict(cfg: Any) -> Any:
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in fields(cfg)}
+    if isinstance(cfg, tuple):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def _suggest(key: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(key, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check and convert a parsed YAML value to the annotated type; one-line error otherwise."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except UserError as e:
+                errors.append(str(e))
+        raise UserError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise UserError(f"{where}: expected a list of {len(args)} numbers, got {value!r}")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise UserError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise UserError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"{where}: expected a string, got {value!r}")
+    return value
+
+
+def _section_from_dict(cls: type, data: dict, section: str) -> Any:
+    if not isinstance(data, dict):
+        raise UserError(f"config section {section!r} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    kwargs: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in hints:
+            kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
+        elif "options" in hints:
+            extra[key] = value  # keyword argument of the registry object, checked in resolve()
+        else:
+            raise UserError(f"unknown config key {section}.{key}{_suggest(key, names)}; valid keys: {', '.join(names)}")
+    if extra:
+        kwargs["options"] = {**kwargs.get("options", {}), **extra}
+    return cls(**kwargs)
+
+
+def from_dict(data: dict | None) -> Config:
+    data = data or {}
+    if not isinstance(data, dict):
+        raise UserError(f"a config file must be a mapping of sections ({', '.join(SECTIONS)}), got {type(data).__name__}")
+    sections = {}
+    for key, value in data.items():
+        if key not in _SECTION_CLASSES:
+            raise UserError(f"unknown config section {key!r}{_suggest(key, list(SECTIONS))}; valid sections: {', '.join(SECTIONS)}")
+        sections[key] = _section_from_dict(_SECTION_CLASSES[key], value or {}, key)
+    return Config(**sections)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise UserError(f"override {text!r} is not of the form section.key=value (e.g. train.lr=2e-4)")
+    key, raw = text.split("=", 1)
+    path = key.strip().split(".")
+    if len(path) < 2 or not all(path):
+        raise UserError(f"override {text!r} must name a section and a key, e.g. train.lr=2e-4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Set dotted keys in a plain-dict config (before typing)."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in (data or {}).items()}
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            nxt = node.get(part)
+            if not isinstance(nxt, dict):
+                nxt = {}
+            node[part] = nxt = dict(nxt)
+            node = nxt
+        node[path[-1]] = value
+    return data
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file {str(p)!r} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"config file {str(p)!r} does not parse as YAML{where}") from None
+    if data is not None and not isinstance(data, dict):
+        raise UserError(f"config file {str(p)!r} must hold a mapping of sections ({', '.join(SECTIONS)})")
+    return data or {}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, resolve_defaults: bool = True) -> Config:
+    data = read_yaml(path) if path is not None else {}
+    cfg = from_dict(apply_overrides(data, list(overrides or [])))
+    return resolve(cfg) if resolve_defaults else cfg
+
+
+# ---- resolution: every default filled in, every name checked ------------------------------
+
+def _call_defaults(fn: Any, given: dict, where: str, skip: tuple[str, ...] = ()) -> dict:
+    """Merge a callable's keyword defaults with the given options; unknown option = error."""
+    params = {n: p for n, p in inspect.signature(fn).parameters.items()
+              if n not in skip and n != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
+    out = {}
+    for name, p in params.items():
+        if p.default is not inspect.Parameter.empty:
+            out[name] = p.default
+    for key, value in given.items():
+        if key not in params and not accepts_any:
+            raise UserError(f"unknown option {where}.{key}{_suggest(key, list(params))}; valid options: {', '.join(params) or '(none)'}")
+        default = params[key].default if key in params else None
+        if isinstance(default, (bool, int, float, str)) and default is not None:
+            value = _coerce(value, type(default) if not (type(default) is int and isinstance(value, float)) else float,
+                            f"{where}.{key}")
+        out[key] = value
+    return out
+
+
+def resolve(cfg: Config) -> Config:
+    """Check every registry name and fill every default into the config."""
+    from .dynamics import DYNAMICS
+    from .losses import WEIGHTINGS
+    from .parameterization import PARAMETERIZATIONS
+
+    dyn_cls = DYNAMICS.get(cfg.dynamics.name)
+    dyn_opts = _call_defaults(dyn_cls.__init__, cfg.dynamics.options, "dynamics")
+    try:
+        dyn = dyn_cls(**dyn_opts)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"dynamics {cfg.dynamics.name}: {e}") from None
+    PARAMETERIZATIONS.get(cfg.model.parameterization)
+    WEIGHTINGS.get(cfg.model.weighting)
+    t = cfg.train
+    if t.batch <= 0:
+        raise UserError(f"train.batch must be a positive integer, got {t.batch}")
+    if t.kimg <= 0:
+        raise UserError(f"train.kimg (training length in thousands of images) must be positive, got {t.kimg}")
+    for key in ("tick_kimg", "snapshot_kimg", "lr"):
+        if getattr(t, key) <= 0:
+            raise UserError(f"train.{key} must be positive, got {getattr(t, key)}")
+    if not 0 <= t.label_dropout < 1:
+        raise UserError(f"train.label_dropout must be in [0, 1), got {t.label_dropout}")
+    if t.precision not in ("fp32", "bf16"):
+        raise UserError(f"train.precision must be fp32 or bf16, got {t.precision!r}")
+    if cfg.sample.n <= 0:
+        raise UserError(f"sample.n must be positive, got {cfg.sample.n}")
+    cfg = replace(cfg, dynamics=replace(cfg.dynamics, options=dyn.describe() | {k: v for k, v in dyn_opts.items()}))
+    cfg = _resolve_registries(cfg, dyn)
+    return cfg
+
+
+def _resolve_registries(cfg: Config, dyn: Any) -> Config:
+    """Names of the data, network and sampler axes; these registries live in optional modules."""
+    from .data import DATASETS
+    from .networks import PRESETS
+    from .samplers import SAMPLERS
+    from .sampling import default_sampling
+    from .schedules import GRIDS
+
+    DATASETS.get(cfg.data.name)
+    PRESETS.get(cfg.network.preset)
+    s = cfg.sample
+    sampler, grid, steps = default_sampling(dyn, s.sampler, s.grid, s.steps)
+    SAMPLERS.get(sampler)
+    GRIDS.get(grid)
+    return replace(cfg, sample=replace(s, sampler=sampler, grid=grid, steps=steps))
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

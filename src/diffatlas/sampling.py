@@ -1,0 +1,169 @@
+"""Sampling from trained runs: default sampler choices, loading a snapshot's denoiser, per-sample
+seeds so that two samplers start from identical noise, and writing grids."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .checkpoint import list_snapshots, load_meta, load_weights
+from .config import Config, from_dict, read_yaml
+from .denoiser import Denoiser
+from .dynamics import Dynamics
+from .errors import UserError
+from .model import make_denoiser, make_dynamics, make_network
+
+DEFAULT_CONTINUOUS_STEPS = 50
+
+
+def default_sampling(dynamics: Dynamics, sampler: str = "auto", grid: str = "auto", steps: int = 0) -> tuple[str, str, int]:
+    """Resolve 'auto' choices: a discrete process samples ancestrally on its own steps; a continuous
+    one with Heun's method on the Karras grid (Karras et al. 2022)."""
+    discrete = dynamics.steps is not None
+    if sampler == "auto":
+        sampler = "ancestral" if discrete else "heun"
+    if grid == "auto":
+        grid = "discrete" if discrete else "karras"
+    if steps <= 0:
+        steps = dynamics.steps if (discrete and grid == "discrete") else DEFAULT_CONTINUOUS_STEPS
+    return sampler, grid, steps
+
+
+def per_sample_noise(shape: tuple[int, ...], seeds: list[int], *, std: float = 1.0, device="cpu",
+                     dtype=torch.float32) -> Tensor:
+    """Noise whose i-th sample depends only on seeds[i]: shape (len(seeds), *shape)."""
+    out = torch.empty((len(seeds),) + tuple(shape), dtype=dtype)
+    for i, s in enumerate(seeds):
+        out[i] = torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(s)), dtype=dtype)
+    return (std * out).to(device)
+
+
+@dataclass
+class LoadedRun:
+    cfg: Config
+    denoiser: Denoiser
+    snapshot: Path
+    kimg: float
+    shape: tuple[int, ...]
+    num_classes: int | None
+
+
+def read_run_config(run_dir: str | Path) -> Config:
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{str(run_dir)!r} is not a run directory (no config.yaml)")
+    return from_dict(read_yaml(run_dir / "config.yaml"))
+
+
+def pick_snapshot(run_dir: str | Path, snapshot: str | float | None = None) -> Path:
+    snaps = list_snapshots(Path(run_dir))
+    if not snaps:
+        raise UserError(f"run {str(run_dir)!r} has no complete snapshot yet")
+    if snapshot is None or snapshot == "last":
+        return snaps[-1]
+    want = float(snapshot)
+    for s in snaps:
+        if abs(load_meta(s)["kimg"] - want) < 1e-6:
+            return s
+    raise UserError(f"run {str(run_dir)!r} has no snapshot at kimg {want}; it has: "
+                    + ", ".join(f"{load_meta(s)['kimg']:g}" for s in snaps))
+
+
+def load_run(run_dir: str | Path, snapshot: str | float | None = None, *, ema: bool = True,
+             device: str | torch.device = "cpu") -> LoadedRun:
+    """The denoiser of a run's snapshot (EMA weights by default), in eval mode."""
+    cfg = read_run_config(run_dir)
+    snap = pick_snapshot(run_dir, snapshot)
+    meta = load_meta(snap)
+    try:
+        info = json.loads((Path(run_dir) / "dataset.json").read_text())
+        shape, num_classes = tuple(info["shape"]), info["num_classes"]
+    except (OSError, json.JSONDecodeError, KeyError):
+        raise UserError(f"run {str(run_dir)!r} has no readable dataset.json") from None
+    net = make_network(cfg, shape, num_classes)
+    try:
+        net.load_state_dict(load_weights(snap, "ema" if ema else "model"))
+    except RuntimeError:
+        raise UserError(f"snapshot {str(snap)!r} does not match the network of its config") from None
+    net.to(device).eval().requires_grad_(False)
+    return LoadedRun(cfg, make_denoiser(cfg, net, make_dynamics(cfg)), snap, float(meta["kimg"]), tuple(shape),
+                     num_classes if cfg.network.conditional else None)
+
+
+def generate(denoiser, shape: tuple[int, ...], seeds: list[int], *, sampler: str, grid: str, steps: int,
+             cond: Tensor | None = None, options: dict[str, Any] | None = None, batch: int = 256,
+             device: str | torch.device = "cpu") -> tuple[Tensor, int]:
+    """Samples (len(seeds), *shape) with per-sample seeds; sample i uses seeds[i] for its prior draw and
+    its sampler noise, so results do not depend on the batch size. Returns (samples, NFE per sample)."""
+    from .samplers import SAMPLERS
+    from .schedules import make_grid
+
+    fn = SAMPLERS.get(sampler)
+    dyn = denoiser.dynamics
+    ts = make_grid(grid, dyn, steps).to(device)
+    outs, nfe = [], 0
+    for start in range(0, len(seeds), batch):
+        chunk = seeds[start:start + batch]
+        x = per_sample_noise(shape, chunk, std=dyn.prior_std(), device=device)
+        gen = torch.Generator(device=device).manual_seed(int(chunk[0]) * 1_000_003 + len(chunk))
+        c = cond[start:start + batch].to(device) if cond is not None else None
+        with torch.no_grad():
+            res = fn(denoiser, x, ts, generator=gen, cond=c, **(options or {}))
+        outs.append(res.x.float().cpu())
+        nfe = res.nfe
+    return torch.cat(outs), nfe
+
+
+def save_image_grid(x: Tensor, path: str | Path, nrow: int | None = None) -> Path:
+    """Save images (N, C, H, W) in [-1, 1] as one PNG grid; 2-D points (N, 2) as a scatter plot."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if x.ndim == 2:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(4, 4))
+        ax.scatter(x[:, 0].numpy(), x[:, 1].numpy(), s=2)
+        ax.set_aspect("equal")
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
+    n, c, h, w = x.shape
+    nrow = nrow or int(np.ceil(np.sqrt(n)))
+    ncol = int(np.ceil(n / nrow))
+    pad = 1
+    img = np.zeros((ncol * (h + pad) + pad, nrow * (w + pad) + pad, c), dtype=np.uint8)
+    arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    for i in range(n):
+        r, q = divmod(i, nrow)
+        img[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = arr[i]
+    scale = max(1, 256 // max(img.shape[:2]))
+    pil = Image.fromarray(img[..., 0] if c == 1 else img)
+    if scale > 1:
+        pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    pil.save(tmp, format="PNG")
+    tmp.replace(path)
+    return path
+
+
+def sample_run(run_dir: str | Path, *, n: int = 64, seed: int = 0, sampler: str | None = None, steps: int | None = None,
+               grid: str | None = None, options: dict[str, Any] | None = None, snapshot=None, ema: bool = True,
+               cond: Tensor | None = None, guidance=None, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Sample n images from a run with seeds seed, seed+1, ...; returns samples and what produced them."""
+    run = load_run(run_dir, snapshot, ema=ema, device=device)
+    s = run.cfg.sample
+    sampler, grid, steps = default_sampling(run.denoiser.dynamics, sampler or s.sampler, grid or s.grid, steps or s.steps)
+    den = run.denoiser if guidance is None else guidance(run.denoiser)
+    x, nfe = generate(den, run.shape, list(range(seed, seed + n)), sampler=sampler, grid=grid, steps=steps,
+                      cond=cond, options={**s.options, **(options or {})}, device=device)
+    return {"x": x, "nfe": nfe, "sampler": sampler, "grid": grid, "steps": steps, "kimg": run.kimg,
+            "snapshot": run.snapshot.name, "seeds": [seed, seed + n - 1], "ema": ema}

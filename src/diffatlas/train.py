@@ -1,0 +1,352 @@
+"""The training loop: AdamW with warm-up and clipping, EMA by half-life in kimg, bf16 autocast,
+channels_last and torch.compile on CUDA, torchrun/DDP aware, atomic snapshots and exact resume.
+
+Progress is counted in images seen (kimg). Ticks and snapshots fall on step boundaries fixed by
+the config, so a run killed at any moment and resumed from its latest snapshot replays exactly
+the same steps (same data order, same noise) as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import platform
+import resource
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from . import __version__
+from .checkpoint import (append_line, atomic_write_text, list_snapshots, load_meta, load_state, load_weights,
+                         remove_old_snapshots, save_snapshot)
+from .config import Config, dump_yaml, resolve, to_dict
+from .errors import UserError
+from .losses import denoising_loss
+from .model import make_denoiser, make_dynamics, make_network
+
+
+# ---- process group --------------------------------------------------------------------------
+
+def dist_info() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return rank, world, local
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device={name} but no CUDA device is available; use cpu or auto")
+    if name == "cuda":
+        return torch.device(f"cuda:{local_rank}")
+    return torch.device(name)
+
+
+# ---- data order ---------------------------------------------------------------------------
+
+class EpochSampler:
+    """Global batches of indices from seeded epoch permutations; its state resumes exactly."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n = n
+        self.gen = torch.Generator().manual_seed(seed)
+        self.perm = torch.randperm(n, generator=self.gen)
+        self.pos = 0
+
+    def next(self, batch: int) -> Tensor:
+        parts, need = [], batch
+        while need > 0:
+            if self.pos == self.n:
+                self.perm, self.pos = torch.randperm(self.n, generator=self.gen), 0
+            take = min(need, self.n - self.pos)
+            parts.append(self.perm[self.pos:self.pos + take])
+            self.pos += take
+            need -= take
+        return torch.cat(parts)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"gen": self.gen.get_state(), "perm": self.perm, "pos": self.pos}
+
+    def load_state_dict(self, s: dict[str, Any]) -> None:
+        self.gen.set_state(s["gen"])
+        self.perm, self.pos = s["perm"], int(s["pos"])
+
+
+# ---- EMA ----------------------------------------------------------------------------------
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, net: nn.Module, beta: float) -> None:
+    e = [p for p in ema.parameters()]
+    s = [p.detach() for p in net.parameters()]
+    torch._foreach_lerp_(e, s, 1.0 - beta)
+    for be, bs in zip(ema.buffers(), net.buffers()):
+        be.copy_(bs)
+
+
+def ema_beta(batch: int, images_seen: float, halflife_kimg: float, rampup: float | None) -> float:
+    """Per-step decay for an EMA whose half-life is measured in images (Karras et al. 2022, App. F)."""
+    halflife = halflife_kimg * 1000
+    if rampup is not None:
+        halflife = min(halflife, images_seen * rampup)
+    return 0.5 ** (batch / max(halflife, 1e-8))
+
+
+# ---- the loop -----------------------------------------------------------------------------
+
+class Schedule:
+    """Step counts of a run: total, per tick, per snapshot (a whole number of ticks)."""
+
+    def __init__(self, cfg: Config) -> None:
+        b = cfg.train.batch
+        self.batch = b
+        self.total = max(1, math.ceil(cfg.train.kimg * 1000 / b))
+        self.tick = max(1, round(cfg.train.tick_kimg * 1000 / b))
+        self.snapshot = max(1, round(cfg.train.snapshot_kimg * 1000 / b / self.tick)) * self.tick
+
+    def kimg(self, step: int) -> float:
+        return step * self.batch / 1000
+
+
+def _check_run_dir(run_dir: Path, cfg: Config) -> None:
+    path = run_dir / "config.yaml"
+    if path.exists():
+        import yaml
+        try:
+            old = yaml.safe_load(path.read_text())
+        except yaml.YAMLError:
+            raise UserError(f"{path} exists but does not parse; move it away or use another run directory") from None
+        if old != to_dict(cfg):
+            raise UserError(f"run directory {str(run_dir)!r} already holds a different config; use another directory "
+                            "(nothing was changed)")
+
+
+def environment(device: torch.device, cfg: Config, world: int) -> dict[str, Any]:
+    env = {"diffatlas": __version__, "torch": torch.__version__, "python": platform.python_version(),
+           "device": str(device), "world_size": world, "precision": cfg.train.precision,
+           "compile": cfg.train.compile, "channels_last": cfg.train.channels_last,
+           "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+           "cpu_threads": torch.get_num_threads(), "machine": platform.machine(), "processor": platform.processor()}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
+        env["tf32_cudnn"] = torch.backends.cudnn.allow_tf32
+    return env
+
+
+def _peak_mem_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _truncate_stats(path: Path, step: int) -> None:
+    """Drop ticks logged after the snapshot being resumed (they will be replayed)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                keep.append(line)
+        except (json.JSONDecodeError, KeyError):
+            continue  # a line torn by a kill
+    atomic_write_text(path, "".join(l + "\n" for l in keep))
+
+
+def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, log=print) -> dict[str, Any]:
+    """Train (or resume) one run in run_dir. Returns the DONE record.
+
+    Writes config.yaml (resolved), environment.json, stats.jsonl (one line per tick),
+    snapshots/snapshot-<kimg>/ and, at the end, doctor.json and DONE.
+    """
+    from .data import load_dataset
+
+    cfg = resolve(cfg)
+    run_dir = Path(run_dir)
+    rank, world, local_rank = dist_info()
+    done_path = run_dir / "DONE"
+    _check_run_dir(run_dir, cfg)
+    if done_path.exists():
+        return json.loads(done_path.read_text())
+    if cfg.train.batch % world:
+        raise UserError(f"train.batch={cfg.train.batch} must be divisible by the number of processes ({world})")
+
+    device = pick_device(cfg.train.device, local_rank)
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = cfg.train.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.train.tf32
+
+    dataset = load_dataset(cfg.data.name, root=cfg.data.root, split=cfg.data.split,
+                           resolution=cfg.data.resolution, **cfg.data.options)
+    if dataset.in_memory:
+        dataset = dataset.to(device)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+        atomic_write_text(run_dir / "environment.json", json.dumps(environment(device, cfg, world), indent=1))
+        atomic_write_text(run_dir / "dataset.json", json.dumps(
+            {"name": dataset.name, "split": cfg.data.split, "shape": list(dataset.shape),
+             "num_classes": dataset.num_classes, "size": len(dataset)}, indent=1))
+
+    # Same initial weights on every rank and in every process count: seeded before building.
+    torch.manual_seed(cfg.train.seed)
+    dynamics = make_dynamics(cfg)
+    net = make_network(cfg, dataset.shape, dataset.num_classes).to(device)
+    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.train.lr, betas=cfg.train.betas,
+                            weight_decay=cfg.train.weight_decay)
+    sampler = EpochSampler(len(dataset), cfg.train.seed)
+    noise_gen = torch.Generator(device=device).manual_seed(cfg.train.seed + 1)
+    sched = Schedule(cfg)
+    step = 0
+
+    snaps = list_snapshots(run_dir)
+    if snaps:
+        snap = snaps[-1]
+        meta = load_meta(snap)
+        net.load_state_dict(load_weights(snap, "model"))
+        ema.load_state_dict(load_weights(snap, "ema"))
+        st = load_state(snap)
+        opt.load_state_dict(st["optimizer"])
+        sampler.load_state_dict(st["data"])
+        noise_gen.set_state(st["noise"])
+        torch.set_rng_state(st["torch_rng"])
+        step = int(meta["step"])
+        if rank == 0:
+            _truncate_stats(run_dir / "stats.jsonl", step)
+            log(f"resuming {run_dir} from {snap.name} (kimg {sched.kimg(step):.3f})")
+    if world > 1:
+        dist.barrier()
+
+    channels_last = cfg.train.channels_last and len(dataset.shape) == 3
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    train_net: nn.Module = net
+    if cfg.train.compile:
+        train_net = torch.compile(train_net)
+    if world > 1:
+        train_net = nn.parallel.DistributedDataParallel(train_net, device_ids=[device.index] if device.type == "cuda" else None)
+    denoiser = make_denoiser(cfg, train_net, dynamics)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.train.precision == "bf16" else nullcontext())
+
+    per_rank = sched.batch // world
+    mine = slice(rank * per_rank, (rank + 1) * per_rank)
+    bar = None
+    if rank == 0 and (progress if progress is not None else sys.stderr.isatty()):
+        from tqdm import tqdm
+        bar = tqdm(total=sched.total, initial=step, unit="step", desc=f"train {cfg.dynamics.name}", dynamic_ncols=True)
+
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    tick_start_time, tick_start_step, t0 = time.perf_counter(), step, time.perf_counter()
+    net.train()
+    while step < sched.total:
+        # lr warm-up (linear in images seen)
+        seen = sched.kimg(step) * 1000
+        warm = cfg.train.warmup_kimg * 1000
+        lr = cfg.train.lr * min(1.0, (seen + sched.batch) / warm) if warm > 0 else cfg.train.lr
+        for g in opt.param_groups:
+            g["lr"] = lr
+
+        # one global batch drawn identically on every rank; each rank takes its slice
+        idx = sampler.next(sched.batch)
+        x0, labels = dataset.get_batch(idx)
+        x0 = x0.to(device, non_blocking=True)
+        t = dynamics.sample_training_t(sched.batch, generator=noise_gen, device=device)
+        eps = torch.randn(x0.shape, generator=noise_gen, device=device, dtype=x0.dtype)
+        cond = None
+        if cfg.network.conditional:
+            labels = labels.to(device)
+            drop = torch.rand(sched.batch, generator=noise_gen, device=device) < cfg.train.label_dropout
+            cond = torch.where(drop, torch.full_like(labels, dataset.num_classes), labels)[mine]
+        x0, t, eps = x0[mine], t[mine], eps[mine]
+        if channels_last:
+            x0, eps = x0.contiguous(memory_format=torch.channels_last), eps.contiguous(memory_format=torch.channels_last)
+
+        with autocast:
+            loss = denoising_loss(denoiser, x0, weighting=cfg.model.weighting, cond=cond, t=t, eps=eps).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.train.grad_clip)
+        opt.step()
+        step += 1
+        ema_update(ema, net, ema_beta(sched.batch, step * sched.batch, cfg.train.ema_halflife_kimg, cfg.train.ema_rampup))
+        loss_sum += loss.detach()
+        if bar is not None:
+            bar.update(1)
+
+        if step % sched.tick == 0 or step == sched.total:
+            if world > 1:
+                dist.all_reduce(loss_sum)
+                loss_sum /= world
+            now = time.perf_counter()
+            n_steps = step - tick_start_step
+            rec = {"kimg": round(sched.kimg(step), 6), "step": step, "loss": float(loss_sum) / n_steps,
+                   "lr": lr, "images_per_s": n_steps * sched.batch / max(now - tick_start_time, 1e-9),
+                   "peak_mem_mb": round(_peak_mem_mb(device), 1), "wall_s": round(now - t0, 3)}
+            if rank == 0:
+                append_line(run_dir / "stats.jsonl", json.dumps(rec))
+                if bar is not None:
+                    bar.set_postfix(kimg=f"{rec['kimg']:.1f}", loss=f"{rec['loss']:.4f}")
+                else:
+                    left = (sched.total - step) * (now - tick_start_time) / n_steps
+                    log(f"kimg {rec['kimg']:.1f}/{sched.kimg(sched.total):.1f}  loss {rec['loss']:.4f}  "
+                        f"{rec['images_per_s']:.0f} img/s  eta {left:.0f}s")
+            loss_sum.zero_()
+            tick_start_time, tick_start_step = now, step
+
+        if step % sched.snapshot == 0 or step == sched.total:
+            if rank == 0:
+                path = save_snapshot(
+                    run_dir, sched.kimg(step), {"model": net.state_dict(), "ema": ema.state_dict()},
+                    {"optimizer": opt.state_dict(), "data": sampler.state_dict(), "noise": noise_gen.get_state(),
+                     "torch_rng": torch.get_rng_state()},
+                    {"kimg": sched.kimg(step), "step": step, "images": step * sched.batch})
+                if not cfg.train.keep_snapshots:
+                    remove_old_snapshots(run_dir, path)
+            if world > 1:
+                dist.barrier()
+    if bar is not None:
+        bar.close()
+
+    record: dict[str, Any] = {"kimg": sched.kimg(step), "step": step, "wall_s": round(time.perf_counter() - t0, 3)}
+    if rank == 0:
+        if cfg.train.doctor:
+            record["doctor_ok"] = run_doctor(cfg, ema, dynamics, dataset, run_dir, log)
+        atomic_write_text(done_path, json.dumps(record))
+    if world > 1:
+        dist.barrier()
+    return record
+
+
+def run_doctor(cfg: Config, ema: nn.Module, dynamics, dataset, run_dir: Path, log=print) -> bool:
+    """Check that the trained (EMA) network uses its noise level and class label; record doctor.json."""
+    try:
+        from .doctor import diagnose
+    except ImportError:
+        return True
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randperm(len(dataset), generator=gen)[:64]
+    x, _ = dataset.get_batch(idx)
+    denoiser = make_denoiser(cfg, ema, dynamics)
+    report = diagnose(denoiser, x, num_classes=dataset.num_classes if cfg.network.conditional else None,
+                      generator=torch.Generator(device=x.device).manual_seed(0))
+    atomic_write_text(run_dir / "doctor.json", json.dumps(report.to_dict(), indent=1))
+    if not report.ok:
+        log("doctor: error: " + "; ".join(report.problems))
+    return bool(report.ok)
