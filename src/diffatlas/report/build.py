@@ -1,0 +1,304 @@
+"""Assemble a study report: sections of tables and figures, rendered to Markdown and to one HTML file.
+
+Every string that comes from a config, a label or a path is HTML-escaped in report.html; figures
+are embedded as base64 PNG data URIs so the file stands alone. report.md references the same
+figures as PNG files in report_files/.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..study import statistics as S
+from ..study.convergence import bootstrap_mean_ci
+from ..study.results import StudyResults, load_results
+from ..study.spec import short_key
+from . import figures as F
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class Figure:
+    name: str
+    png: bytes
+    caption: str
+
+
+@dataclass
+class Section:
+    title: str
+    text: list[str] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+
+
+def _fmt(v: float | None, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "-"
+    return f"{v:.{digits}g}"
+
+
+def _config_label(labels: dict, axes: list[str]) -> str:
+    return ", ".join(f"{short_key(k)}={labels[k]}" for k in axes if k in labels and k != "guidance") or "base"
+
+
+def _final_table(res: StudyResults, records: list[dict]) -> Table:
+    axes = [a for a in res.axes if a != "guidance"]
+    groups: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        key = (_config_label(r["labels"], axes), r["labels"][S.EVAL_KEY])
+        groups[key][r["metric"]].append(r["final"])
+    header = ["configuration", "evaluation"] + [f"{m} ({'lower' if S.direction(m) < 0 else 'higher'} better)" for m in res.metrics] + ["seeds"]
+    rows = []
+    for (conf, ev), by_metric in groups.items():
+        row = [conf, ev]
+        n = 0
+        for m in res.metrics:
+            vals = by_metric.get(m, [])
+            if vals:
+                mean, lo, hi = bootstrap_mean_ci(vals)
+                row.append(f"{_fmt(mean)} [{_fmt(lo)}, {_fmt(hi)}]" if len(vals) > 1 else _fmt(mean))
+                n = max(n, len(vals))
+            else:
+                row.append("-")
+        rows.append(row + [str(n)])
+    return Table(header, rows)
+
+
+def _convergence_table(res: StudyResults, records: list[dict], metric: str) -> Table:
+    axes = [a for a in res.axes if a != "guidance"]
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in records:
+        if r["metric"] == metric:
+            groups[(_config_label(r["labels"], axes), r["labels"][S.EVAL_KEY])].append(r)
+    rows = []
+    for (conf, ev), recs in groups.items():
+        pts = [r["converged_kimg"] for r in recs if r["converged_kimg"] is not None]
+        mean, lo, hi = bootstrap_mean_ci(pts)
+        plateau = float(np.mean([r["plateau"] for r in recs]))
+        rows.append([conf, ev, f"{_fmt(mean)} [{_fmt(lo)}, {_fmt(hi)}]" if pts else "not settled", _fmt(plateau),
+                     f"{len(pts)}/{len(recs)}"])
+    return Table(["configuration", "evaluation", f"kimg to within 5% of the {metric} plateau (95% CI)", "plateau",
+                  "settled seeds"], rows)
+
+
+def _sample_grids(res: StudyResults, n: int) -> list[Figure]:
+    """One grid per configuration: the run's own samples/*.png if present, else sampled now (first seed)."""
+    axes = [a for a in res.axes if a != "guidance"]
+    seen: set[str] = set()
+    figs = []
+    for r in res.runs:
+        conf = _config_label(r.labels, axes)
+        if conf in seen:
+            continue
+        pngs = sorted((r.run_dir / "samples").glob("*.png")) if (r.run_dir / "samples").is_dir() else []
+        if pngs:
+            latest = max(pngs, key=lambda p: p.stat().st_mtime)
+            figs.append(Figure(f"samples-{r.id}", latest.read_bytes(), f"{conf} (seed {r.labels.get('seed')}): {latest.name}"))
+            seen.add(conf)
+            continue
+        if n <= 0 or not (r.run_dir / "DONE").exists():
+            continue
+        try:
+            from ..sampling import sample_run
+
+            out = sample_run(r.run_dir, n=n, seed=0)
+        except Exception:  # noqa: BLE001 - a run that cannot be sampled is left out of the grids
+            continue
+        figs.append(Figure(f"samples-{r.id}", F.image_grid_png(out["x"]),
+                           f"{conf} (seed {r.labels.get('seed')}): {out['sampler']}, {out['steps']} steps, kimg {out['kimg']:g}"))
+        seen.add(conf)
+    return figs
+
+
+def _nfe_points(res: StudyResults, metric: str) -> dict[str, list[tuple[float, float]]]:
+    pts: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for r in res.runs:
+        final = max((float(e["kimg"]) for e in r.entries if e.get("metric") == metric and e.get("n") == res.n), default=None)
+        for e in r.entries:
+            if (e.get("metric") == metric and e.get("n") == res.n and e.get("nfe") is not None and final is not None
+                    and float(e["kimg"]) == final and e.get("guidance") in (None, "none")):
+                pts[str(e.get("sampler") or "auto")].append((float(e["nfe"]), float(e["value"])))
+    return dict(pts)
+
+
+def _dynamics_configs(res: StudyResults) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for r in res.runs:
+        d = r.row.config.get("dynamics") or {}
+        opts = d.get("options") or {}
+        detail = ", ".join(f"{k}={opts[k]}" for k in ("schedule", "levels", "sigma_max", "steps") if k in opts)
+        label = f"{d.get('name')}" + (f" ({detail})" if detail else "")
+        out.setdefault(label, d)
+    return out
+
+
+def build_report(out: str | Path, samples: int = 16, seed: int = 0) -> tuple[str, list[Section]]:
+    """Collect results and statistics into sections. Returns (study name, sections)."""
+    res = load_results(out)
+    records = res.records()
+    metrics = res.metrics
+    primary = next((m for m in ("fid", "is") if m in metrics), metrics[0] if metrics else None)
+    sections: list[Section] = []
+
+    done = sum(1 for r in res.runs if r.row.status == "done")
+    failed = [r for r in res.runs if r.row.status == "failed"]
+    overview = Section("Overview", [f"{len(res.runs)} runs ({done} done, {len(failed)} failed); axes: "
+                                    f"{', '.join(res.axes) or 'none'}; metrics: {', '.join(metrics) or 'none'} "
+                                    f"at n = {res.n}; training budget {res.budget_kimg or '-'} kimg."])
+    if failed:
+        overview.tables.append(Table(["run", "labels", "error"], [[r.id, json.dumps(r.labels), r.row.error or ""] for r in failed]))
+    sections.append(overview)
+
+    verdicts = S.verdicts(records, res.axes, metrics, budget=res.budget_kimg, sweeps=res.sweeps(), seed=seed)
+    sections.append(Section("Verdicts on the paper's claims", [
+        "Each claim of arXiv 2402.13369 is tested on this study's runs: paired differences across seeds (runs that share "
+        "every other axis value), a 95% percentile-bootstrap interval and a sign-flip permutation p-value; "
+        f"supported / contradicted needs p < {S.ALPHA} and an interval that excludes zero."],
+        [Table(["claim", "verdict", "n", "evidence"], [[v.claim, v.verdict, str(v.n), " | ".join(v.evidence)] for v in verdicts])]))
+
+    if records:
+        sections.append(Section("Final metrics", ["Mean over seeds at the last evaluated snapshot, with a 95% bootstrap interval."],
+                                [_final_table(res, records)]))
+        comps = S.all_pairwise(records, [a for a in res.axes], metrics, seed=seed)
+        if comps:
+            sections.append(Section("Pairwise comparisons", [], [Table(
+                ["axis", "a", "b", "metric", "mean a - b", "95% CI", "p", "pairs", "better"],
+                [[c.axis, str(c.a), str(c.b), c.metric, _fmt(c.diff), f"[{_fmt(c.ci[0])}, {_fmt(c.ci[1])}]", _fmt(c.p, 3),
+                  str(c.n_pairs), {"a": str(c.a), "b": str(c.b), "none": "no significant difference"}[c.verdict]] for c in comps])]))
+        eff_rows = []
+        for axis in res.axes:
+            for m in metrics:
+                for e in S.axis_effect(records, axis, m, seed=seed):
+                    eff_rows.append([axis, str(e["value"]), m, _fmt(e["mean"]), f"[{_fmt(e['low'])}, {_fmt(e['high'])}]", str(e["seeds"])])
+                for e in S.axis_effect(records, axis, m, value="converged_kimg", seed=seed):
+                    eff_rows.append([axis, str(e["value"]), f"{m} convergence kimg", _fmt(e["mean"]),
+                                     f"[{_fmt(e['low'])}, {_fmt(e['high'])}]", str(e["seeds"])])
+        if eff_rows:
+            sections.append(Section("Effect of each axis", ["Mean over seeds (and over the other axes) per axis value."],
+                                    [Table(["axis", "value", "quantity", "mean", "95% CI", "seeds"], eff_rows)]))
+
+    curves = Section("Training curves", ["Metric against training progress, per axis (line: mean; band: min..max over runs)."])
+    evals = sorted({ev for r in res.runs for (_, ev) in r.curves})
+    for m in metrics:
+        for ev in evals:
+            png = F.curves_per_axis(res.runs, res.axes, m, ev)
+            if png:
+                curves.figures.append(Figure(f"curves-{m}-{ev}", png, f"{m} vs kimg, {ev}"))
+    if curves.figures:
+        sections.append(curves)
+    if primary and records:
+        sections.append(Section("Convergence", ["The first kimg from which the curve stays within 5% of its plateau "
+                                                "(median of the last 3 evaluations); 95% bootstrap interval across seeds."],
+                                [_convergence_table(res, records, primary)]))
+    if primary:
+        png = F.metric_vs_nfe(_nfe_points(res, primary), primary)
+        if png:
+            sections.append(Section("Quality vs sampling cost", [], [], [Figure("nfe", png, f"final {primary} vs NFE per sampler")]))
+    png = F.log_snr_plot(_dynamics_configs(res))
+    if png:
+        sections.append(Section("Noise schedules", ["log-SNR and sigma/alpha of each run's forward process."], [],
+                                [Figure("logsnr", png, "log-SNR(t) per dynamics")]))
+    grids = _sample_grids(res, samples)
+    if grids:
+        sections.append(Section("Samples", [], [], grids))
+    return res.name, sections
+
+
+# ---- rendering -------------------------------------------------------------------------------
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:80]
+
+
+def render_markdown(name: str, sections: list[Section], figure_dir: str) -> str:
+    def cell(s: str) -> str:
+        return str(s).replace("|", "\\|").replace("\n", " ")
+
+    lines = [f"# Study report: {name}", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}.", ""]
+    for s in sections:
+        lines += [f"## {s.title}", ""]
+        lines += [t + "\n" for t in s.text]
+        for t in s.tables:
+            lines.append("| " + " | ".join(cell(h) for h in t.header) + " |")
+            lines.append("|" + "---|" * len(t.header))
+            lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in t.rows]
+            lines.append("")
+        for f in s.figures:
+            lines += [f"![{cell(f.caption)}]({figure_dir}/{_safe_name(f.name)}.png)", ""]
+    return "\n".join(lines)
+
+
+_CSS = """
+body { font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1150px; color: #222; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: left; vertical-align: top; }
+th { background: #f0f0f0; }
+td.supported { background: #d8f5d8; } td.contradicted { background: #f8d4d4; }
+td.inconclusive { background: #fbf3d0; } td.not-tested { background: #eee; }
+figure { display: inline-block; margin: 0.5em; } figcaption { font-size: 0.8em; color: #555; }
+img { max-width: 100%; image-rendering: pixelated; }
+"""
+
+
+def render_html(name: str, sections: list[Section]) -> str:
+    e = html.escape
+    parts = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>", f"<title>Study report: {e(name)}</title>",
+             f"<style>{_CSS}</style></head><body>", f"<h1>Study report: {e(name)}</h1>",
+             f"<p>Generated {e(time.strftime('%Y-%m-%d %H:%M:%S'))}.</p>"]
+    for s in sections:
+        parts.append(f"<h2>{e(s.title)}</h2>")
+        parts += [f"<p>{e(t)}</p>" for t in s.text]
+        for t in s.tables:
+            parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in t.header) + "</tr>")
+            for row in t.rows:
+                cells = []
+                for c in row:
+                    cls = c.replace(" ", "-") if c in ("supported", "contradicted", "inconclusive", "not tested") else ""
+                    cells.append(f"<td class='{cls}'>{e(c)}</td>" if cls else f"<td>{e(c)}</td>")
+                parts.append("<tr>" + "".join(cells) + "</tr>")
+            parts.append("</table>")
+        for f in s.figures:
+            data = base64.b64encode(f.png).decode("ascii")
+            parts.append(f"<figure><img alt='{e(f.caption, quote=True)}' src='data:image/png;base64,{data}'>"
+                         f"<figcaption>{e(f.caption)}</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _atomic_write(path: Path, data: str | bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    if isinstance(data, str):
+        tmp.write_text(data)
+    else:
+        tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def write_report(out: str | Path, samples: int = 16, seed: int = 0) -> dict[str, Path]:
+    """Write <out>/report.md (+ report_files/*.png) and the self-contained <out>/report.html."""
+    out = Path(out)
+    name, sections = build_report(out, samples=samples, seed=seed)
+    fig_dir = out / "report_files"
+    fig_dir.mkdir(exist_ok=True)
+    for s in sections:
+        for f in s.figures:
+            _atomic_write(fig_dir / f"{_safe_name(f.name)}.png", f.png)
+    _atomic_write(out / "report.md", render_markdown(name, sections, "report_files"))
+    _atomic_write(out / "report.html", render_html(name, sections))
+    return {"md": out / "report.md", "html": out / "report.html"}

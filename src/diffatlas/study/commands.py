@@ -1,0 +1,115 @@
+"""CLI: `diffatlas study plan|run|status`, `diffatlas report`, `diffatlas quickstart`."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ..errors import UserError
+from .spec import Study, load_study
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("study", help="plan, run and follow a study (a grid of runs over axes and seeds)")
+    ssub = p.add_subparsers(dest="study_command", required=True, parser_class=type(p))
+
+    q = ssub.add_parser("plan", help="list the runs of a study and estimate its training time")
+    q.add_argument("study", help="study file (YAML)")
+    q.add_argument("--no-calibrate", action="store_true", help="skip the few measured training steps")
+    q.add_argument("--steps", type=int, default=3, help="timed training steps per distinct network/data (default 3)")
+    q.set_defaults(func=cmd_plan)
+
+    q = ssub.add_parser("run", help="run (or continue) a study: train and evaluate every run not done yet")
+    q.add_argument("study", help="study file (YAML)")
+    q.add_argument("--out", help="output folder (default studies-out/<name>)")
+    q.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    q.add_argument("--retry-failed", action="store_true", help="give failed runs a fresh set of attempts")
+    q.add_argument("--stale-after", type=float, default=600.0,
+                   help="seconds without a heartbeat after which another runner's run is taken over (default 600)")
+    q.set_defaults(func=cmd_run)
+
+    q = ssub.add_parser("status", help="per-status counts, per-run progress and an ETA")
+    q.add_argument("study", help="study file (YAML) or its output folder")
+    q.add_argument("--out", help="output folder (default studies-out/<name>)")
+    q.set_defaults(func=cmd_status)
+
+    q = sub.add_parser("report", help="write report.md and report.html for a study")
+    q.add_argument("study", help="study file (YAML) or its output folder")
+    q.add_argument("--out", help="study output folder (default studies-out/<name>)")
+    q.add_argument("--samples", type=int, default=16, help="images per sample grid (0: none; default 16)")
+    q.set_defaults(func=cmd_report)
+
+    q = sub.add_parser("quickstart", help="a small DDPM-vs-NCSN study on the bundled digits, trained, evaluated and reported")
+    q.add_argument("--out", default="studies-out/quickstart", help="output folder (default studies-out/quickstart)")
+    q.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    q.set_defaults(func=cmd_quickstart)
+
+
+def _out_for(args: argparse.Namespace, study: Study) -> Path:
+    from .runner import default_out
+
+    return Path(args.out) if getattr(args, "out", None) else default_out(study)
+
+
+def _study_or_folder(arg: str, out: str | None) -> Path:
+    """A study file gives its output folder; a folder with ledger.sqlite is one."""
+    p = Path(arg)
+    if p.is_dir():
+        if not (p / "ledger.sqlite").is_file():
+            raise UserError(f"{arg!r} is a folder without a study ledger; give a study file or a study output folder")
+        return p
+    study = load_study(p)
+    from .runner import default_out
+
+    return Path(out) if out else default_out(study)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .plan import plan_text
+
+    study = load_study(args.study)
+    runs = study.runs()
+    print(plan_text(study, runs, measure=not args.no_calibrate, steps=args.steps), flush=True)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runner import Runner
+
+    study = load_study(args.study)
+    counts = Runner(study, _out_for(args, study), workers=args.workers, stale_after=args.stale_after,
+                    retry_failed=args.retry_failed).run()
+    return 0 if counts["failed"] == 0 and counts["pending"] == 0 and counts["running"] == 0 else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .status import format_status, study_status
+
+    print(format_status(study_status(_study_or_folder(args.study, args.out))))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ..report import write_report
+
+    out = _study_or_folder(args.study, args.out)
+    paths = write_report(out, samples=args.samples)
+    print(f"report: {paths['html']}")
+    print(f"        {paths['md']}")
+    return 0
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    from ..report import write_report
+    from .quickstart import quickstart_study
+    from .runner import Runner
+
+    study = quickstart_study()
+    out = Path(args.out)
+    t0 = time.time()
+    counts = Runner(study, out, workers=args.workers).run()
+    paths = write_report(out, samples=16)
+    print(f"quickstart: {counts['done']} runs done in {time.time() - t0:.0f} s")
+    print(f"report: {paths['html'].resolve()}")
+    return 0 if counts["failed"] == 0 else 1

@@ -1,0 +1,267 @@
+"""The study ledger: one SQLite database (WAL mode) in the study's output folder.
+
+    runs(id, position, status, attempts, worker, heartbeat, started, finished, error, run_dir, config, labels)
+
+status is pending | running | done | failed. A runner claims a run inside one `BEGIN IMMEDIATE`
+transaction (SQLite's write lock), so concurrent runner processes never take the same run.
+Before each claim, 'running' rows whose worker is gone are handed back: their heartbeat is
+older than `stale_after` seconds, or their worker is a dead process on this host (a SIGKILLed
+runner). A reclaimed run is not counted as a failure: training and evaluation resume by
+themselves. A run whose work raised is retried until it has been attempted `max_attempts` times.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+STATUSES = ("pending", "running", "done", "failed")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    position INTEGER NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    worker TEXT,
+    heartbeat REAL,
+    started REAL,
+    finished REAL,
+    error TEXT,
+    run_dir TEXT NOT NULL,
+    config TEXT NOT NULL,
+    labels TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def worker_name(tag: str | None = None) -> str:
+    """host:pid[:tag], unique per process on a host."""
+    name = f"{socket.gethostname()}:{os.getpid()}"
+    return f"{name}:{tag}" if tag else name
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie (exited, not yet reaped by its parent) is dead for our purposes
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def worker_dead(worker: str | None) -> bool:
+    """True if `worker` (host:pid[:tag]) is a process of this host that no longer exists."""
+    if not worker:
+        return True
+    parts = worker.split(":")
+    if len(parts) < 2 or parts[0] != socket.gethostname():
+        return False
+    try:
+        return not _pid_alive(int(parts[1]))
+    except ValueError:
+        return False
+
+
+@dataclass
+class RunRow:
+    id: str
+    position: int
+    status: str
+    attempts: int
+    worker: str | None
+    heartbeat: float | None
+    started: float | None
+    finished: float | None
+    error: str | None
+    run_dir: str
+    config: dict
+    labels: dict
+
+
+class Ledger:
+    """Run bookkeeping for one study output folder. Safe across processes (one connection each)."""
+
+    def __init__(self, path: str | Path, *, max_attempts: int = 2, stale_after: float = 600.0) -> None:
+        self.path = Path(path)
+        self.max_attempts = max_attempts
+        self.stale_after = stale_after
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None)
+        for i in range(50):  # two runners creating the ledger at once: switching to WAL can report busy
+            try:
+                self._db.execute("PRAGMA busy_timeout=60000")
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.executescript(_SCHEMA)
+                break
+            except sqlite3.OperationalError as e:
+                if ("locked" not in str(e) and "busy" not in str(e)) or i == 49:
+                    raise
+                time.sleep(0.05 * (i + 1))
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ---- transactions ------------------------------------------------------------------------
+    def _tx(self) -> "_Tx":
+        return _Tx(self._db)
+
+    # ---- setup -------------------------------------------------------------------------------
+    def sync(self, runs: Iterable[Any], runs_root: str | Path) -> int:
+        """Insert runs that are not in the ledger yet as pending; returns how many were added.
+        `runs` are RunSpec objects (id, index, config_dict, labels)."""
+        added = 0
+        root = Path(runs_root).resolve()
+        try:  # stored relative to the ledger's folder, so the study folder can move
+            root_text = str(root.relative_to(self.path.parent.resolve()))
+        except ValueError:
+            root_text = str(root)
+        with self._tx() as db:
+            for r in runs:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO runs (id, position, status, run_dir, config, labels) VALUES (?, ?, 'pending', ?, ?, ?)",
+                    (r.id, r.index, str(Path(root_text) / r.id), json.dumps(r.config_dict, sort_keys=True, default=str),
+                     json.dumps(r.labels, default=str)))
+                added += cur.rowcount
+        return added
+
+    def set_meta(self, key: str, value: Any) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value, default=str)))
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    # ---- claiming ----------------------------------------------------------------------------
+    def reclaim_stale(self, now: float | None = None) -> list[str]:
+        """Hand back 'running' rows whose worker is gone; returns their ids."""
+        with self._tx() as db:
+            return self._reclaim(db, now if now is not None else time.time())
+
+    def _reclaim(self, db: sqlite3.Connection, now: float) -> list[str]:
+        ids = []
+        for rid, worker, hb in db.execute("SELECT id, worker, heartbeat FROM runs WHERE status = 'running'").fetchall():
+            if (hb is None or now - hb > self.stale_after) or worker_dead(worker):
+                ids.append(rid)
+        for rid in ids:
+            # an interruption is not a failure: give the attempt back, training resumes by itself
+            db.execute("UPDATE runs SET status = 'pending', worker = NULL, attempts = MAX(attempts - 1, 0) "
+                       "WHERE id = ? AND status = 'running'", (rid,))
+        return ids
+
+    def claim(self, worker: str, only: Iterable[str] | None = None) -> RunRow | None:
+        """Atomically take the next pending run (or a failed one with attempts left) for `worker`."""
+        now = time.time()
+        only_ids = set(only) if only is not None else None
+        with self._tx() as db:
+            self._reclaim(db, now)
+            rows = db.execute(
+                "SELECT id FROM runs WHERE status = 'pending' OR (status = 'failed' AND attempts < ?) "
+                "ORDER BY status = 'failed', position", (self.max_attempts,)).fetchall()
+            for (rid,) in rows:
+                if only_ids is not None and rid not in only_ids:
+                    continue
+                db.execute("UPDATE runs SET status = 'running', worker = ?, heartbeat = ?, started = ?, finished = NULL, "
+                           "attempts = attempts + 1 WHERE id = ?", (worker, now, now, rid))
+                return self._row(db, rid)
+        return None
+
+    def heartbeat(self, run_id: str, worker: str) -> bool:
+        """Refresh the heartbeat; False if the run is no longer ours (it was reclaimed)."""
+        with self._tx() as db:
+            cur = db.execute("UPDATE runs SET heartbeat = ? WHERE id = ? AND worker = ? AND status = 'running'",
+                             (time.time(), run_id, worker))
+            return cur.rowcount == 1
+
+    def finish(self, run_id: str, worker: str) -> bool:
+        with self._tx() as db:
+            cur = db.execute("UPDATE runs SET status = 'done', finished = ?, heartbeat = ?, error = NULL "
+                             "WHERE id = ? AND worker = ? AND status = 'running'", (time.time(), time.time(), run_id, worker))
+            return cur.rowcount == 1
+
+    def fail(self, run_id: str, worker: str, error: str) -> bool:
+        with self._tx() as db:
+            cur = db.execute("UPDATE runs SET status = 'failed', finished = ?, error = ? "
+                             "WHERE id = ? AND worker = ? AND status = 'running'", (time.time(), error, run_id, worker))
+            return cur.rowcount == 1
+
+    def release(self, run_id: str, worker: str) -> bool:
+        """Give a run back (interrupted by the user): pending again, the attempt not counted."""
+        with self._tx() as db:
+            cur = db.execute("UPDATE runs SET status = 'pending', worker = NULL, attempts = MAX(attempts - 1, 0) "
+                             "WHERE id = ? AND worker = ? AND status = 'running'", (run_id, worker))
+            return cur.rowcount == 1
+
+    def reset_failed(self) -> int:
+        """Make failed runs eligible again (attempts back to 0)."""
+        with self._tx() as db:
+            return db.execute("UPDATE runs SET status = 'pending', attempts = 0, error = NULL WHERE status = 'failed'").rowcount
+
+    # ---- reading -----------------------------------------------------------------------------
+    def _row(self, db: sqlite3.Connection, rid: str) -> RunRow:
+        r = db.execute("SELECT id, position, status, attempts, worker, heartbeat, started, finished, error, run_dir, config, labels "
+                       "FROM runs WHERE id = ?", (rid,)).fetchone()
+        run_dir = str(self.path.parent / r[9])  # an absolute stored path stays as it is
+        return RunRow(*r[:9], run_dir, json.loads(r[10]), json.loads(r[11]))
+
+    def rows(self) -> list[RunRow]:
+        ids = [r[0] for r in self._db.execute("SELECT id FROM runs ORDER BY position").fetchall()]
+        return [self._row(self._db, i) for i in ids]
+
+    def get(self, run_id: str) -> RunRow | None:
+        if self._db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
+            return None
+        return self._row(self._db, run_id)
+
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in STATUSES}
+        for status, n in self._db.execute("SELECT status, COUNT(*) FROM runs GROUP BY status"):
+            out[status] = n
+        return out
+
+    def remaining(self) -> int:
+        """Runs still to do: pending, running, or failed with attempts left."""
+        return self._db.execute("SELECT COUNT(*) FROM runs WHERE status IN ('pending', 'running') "
+                                "OR (status = 'failed' AND attempts < ?)", (self.max_attempts,)).fetchone()[0]
+
+
+class _Tx:
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error): one writer at a time across processes."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        for i in range(100):
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+                return self.db
+            except sqlite3.OperationalError as e:  # busy beyond busy_timeout: retry
+                if "locked" not in str(e) and "busy" not in str(e):
+                    raise
+                time.sleep(0.05 * (i + 1))
+        raise sqlite3.OperationalError("ledger is locked")
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")

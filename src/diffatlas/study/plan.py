@@ -1,0 +1,85 @@
+"""`diffatlas study plan`: the expanded runs and a cost estimate from a short measured calibration.
+
+Calibration runs the real training loop (diffatlas.train.train) for a few steps of each distinct
+(data, network, batch, device) combination in a temporary folder and reads the measured
+images/s from its stats.jsonl. The estimate covers training only (evaluation cost depends on the
+metrics' sample counts and samplers and is not measured here)."""
+
+from __future__ import annotations
+
+import json
+import statistics as pystats
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+from .. import config as C
+from ..errors import UserError
+from .spec import RunSpec, Study, short_key
+from .status import format_duration
+
+
+def _combo_key(run: RunSpec) -> tuple:
+    d = run.config_dict
+    return (json.dumps(d["data"], sort_keys=True), json.dumps(d["network"], sort_keys=True), d["train"]["batch"],
+            d["train"]["device"], d["train"]["precision"])
+
+
+def calibrate(run: RunSpec, steps: int = 3) -> dict:
+    """Train `steps` + 1 steps of `run`'s config (one tick per step); the first step (warm-up) is
+    not counted. Returns {images_per_s, steps, seconds} or {error}."""
+    from ..train import train
+
+    cfg = run.config
+    batch = cfg.train.batch
+    kimg = (steps + 1) * batch / 1000
+    cfg = replace(cfg, train=replace(cfg.train, kimg=kimg, tick_kimg=batch / 1000, snapshot_kimg=kimg, doctor=False,
+                                     warmup_kimg=0.0, keep_snapshots=False))
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="diffatlas-calib-") as tmp:
+        try:
+            train(cfg, Path(tmp) / "run", progress=False, log=lambda *a, **k: None)
+        except UserError as e:
+            return {"error": str(e)}
+        lines = [json.loads(l) for l in (Path(tmp) / "run" / "stats.jsonl").read_text().splitlines() if l.strip()]
+    rates = [l["images_per_s"] for l in lines[1:]] or [l["images_per_s"] for l in lines]
+    return {"images_per_s": float(pystats.median(rates)), "steps": len(rates), "seconds": time.perf_counter() - t0}
+
+
+def plan_text(study: Study, runs: list[RunSpec], *, measure: bool = True, steps: int = 3,
+              calibrate_fn: Callable[[RunSpec, int], dict] = calibrate) -> str:
+    keys = study.axis_keys
+    lines = [f"study {study.name}: {len(runs)} runs = {len(study.combinations())} configuration(s) x {len(study.seeds)} seed(s)"]
+    header = ["id"] + [short_key(k) for k in keys] + ["seed", "kimg"]
+    table = [[r.id] + [str(r.labels.get(k, "-")) for k in keys] + [str(r.seed), f"{r.config.train.kimg:g}"] for r in runs]
+    widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(header)]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table]
+    ev = study.evaluation
+    samplers = "; ".join(", ".join(f"{k}={v}" for k, v in s.items()) or "the run's own sampler" for s in ev.samplers)
+    lines.append(f"evaluation: {', '.join(ev.metrics)} with n={ev.n}, every {ev.every_kimg or 'snapshot_kimg'} kimg, "
+                 f"samplers: {samplers}" + (f", n sweep {list(ev.n_sweep)}" if ev.n_sweep else ""))
+    if not measure:
+        return "\n".join(lines)
+    groups: dict[tuple, list[RunSpec]] = {}
+    for r in runs:
+        groups.setdefault(_combo_key(r), []).append(r)
+    total, known = 0.0, True
+    lines.append("calibration (the real training loop, a few steps per distinct data/network/batch):")
+    for key, members in groups.items():
+        r0 = members[0]
+        res = calibrate_fn(r0, steps)
+        what = f"{r0.config.network.preset} on {r0.config.data.name}, batch {r0.config.train.batch}"
+        if "error" in res:
+            lines.append(f"  {what}: not measured ({res['error']})")
+            known = False
+            continue
+        secs = sum(m.config.train.kimg * 1000 / res["images_per_s"] for m in members)
+        total += secs
+        lines.append(f"  {what}: {res['images_per_s']:.0f} img/s over {res['steps']} timed steps "
+                     f"({res['seconds']:.1f} s measured); {len(members)} run(s) -> {format_duration(secs)} of training")
+    lines.append(f"estimated training time, one worker: {format_duration(total)}" + ("" if known else " (partial)")
+                 + "; evaluation not included")
+    return "\n".join(lines)

@@ -1,0 +1,172 @@
+"""Read a study's output folder: the ledger, each run's stats.jsonl and metrics.jsonl, into curves and
+records for statistics and reports."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import UserError
+from .convergence import convergence_point
+from .ledger import Ledger, RunRow
+from .statistics import EVAL_KEY
+
+
+def read_jsonl(path: Path) -> Iterator[dict]:
+    """Lines of a JSON-lines file; a torn last line (a kill mid-write) is skipped."""
+    if not path.is_file():
+        return
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                d = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(d, dict):
+                yield d
+
+
+def eval_label(entry: dict) -> str:
+    """The evaluation setting of a metric entry: 'sampler x steps' (or 'default')."""
+    s, k = entry.get("sampler"), entry.get("steps")
+    label = "default" if s is None and k is None else f"{s or 'auto'} x{k}" if k is not None else str(s)
+    g = entry.get("guidance")
+    return f"{label} {g}" if g not in (None, "none") else label
+
+
+def last_stats(run_dir: Path) -> dict | None:
+    last = None
+    for d in read_jsonl(run_dir / "stats.jsonl"):
+        last = d
+    return last
+
+
+@dataclass
+class RunResult:
+    row: RunRow
+    entries: list[dict] = field(default_factory=list)
+    curves: dict[tuple[str, str], list[tuple[float, float]]] = field(default_factory=dict)  # (metric, eval) -> [(kimg, value)]
+    sweeps: dict[tuple[str, str], dict[int, float]] = field(default_factory=dict)           # (metric, eval) -> {n: value} at final kimg
+    guidance: dict[str, str] = field(default_factory=dict)                                   # eval label -> guidance
+
+    @property
+    def id(self) -> str:
+        return self.row.id
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.row.run_dir)
+
+    @property
+    def labels(self) -> dict:
+        return self.row.labels
+
+
+@dataclass
+class StudyResults:
+    out: Path
+    name: str
+    runs: list[RunResult]
+    axes: list[str]                 # axis keys (labels other than seed)
+    metrics: list[str]
+    budget_kimg: float | None
+    n: int | None
+    guided: bool = False            # some evaluation used guidance: "guidance" becomes an axis
+
+    def records(self, rel_tol: float = 0.05, k: int = 3) -> list[dict]:
+        """One record per (run, evaluation setting, metric): final value and convergence kimg."""
+        recs = []
+        for r in self.runs:
+            for (metric, ev), curve in r.curves.items():
+                if not curve:
+                    continue
+                ks = [c[0] for c in curve]
+                vs = [c[1] for c in curve]
+                conv = convergence_point(ks, vs, rel_tol=rel_tol, k=k) if len(curve) >= 2 else None
+                labels = {**r.labels, EVAL_KEY: ev}
+                if self.guided:
+                    labels["guidance"] = r.guidance.get(ev, "none")
+                recs.append({"run": r.id, "labels": labels, "metric": metric, "final": vs[-1],
+                             "final_kimg": ks[-1], "converged_kimg": conv.kimg if conv else None,
+                             "plateau": conv.plateau if conv else vs[-1], "settled": conv.settled if conv else False,
+                             "budget_kimg": self.budget_kimg or r.row.config.get("train", {}).get("kimg")})
+        return recs
+
+    def sweeps(self) -> list[dict]:
+        """Per (run, evaluation setting): {metric: {n: value}} at the final snapshot."""
+        out = []
+        for r in self.runs:
+            by_ev: dict[str, dict] = defaultdict(dict)
+            for (metric, ev), d in r.sweeps.items():
+                if len(d) >= 2:
+                    by_ev[ev][metric] = d
+            out.extend(by_ev.values())
+        return out
+
+
+def load_results(out: str | Path, n: int | None = None) -> StudyResults:
+    """Collect everything a report needs from a study output folder. `n`: the sample count of
+    the curves (default: the study's evaluation.n recorded in the ledger, else the most common)."""
+    out = Path(out)
+    db = out / "ledger.sqlite"
+    if not db.is_file():
+        raise UserError(f"{str(out)!r} holds no study results (no ledger.sqlite); run `diffatlas study run` first")
+    with Ledger(db) as ledger:
+        rows = ledger.rows()
+        ids = ledger.get_meta("run_ids")
+        name = ledger.get_meta("study_name", out.name)
+        ev = ledger.get_meta("evaluation") or {}
+        budget = ledger.get_meta("budget_kimg")
+    if ids is not None:
+        keep = set(ids)
+        rows = [r for r in rows if r.id in keep]
+    n = n or ev.get("n")
+    runs = []
+    metrics: list[str] = list(ev.get("metrics") or [])
+    for row in rows:
+        rr = RunResult(row)
+        rr.entries = list(read_jsonl(Path(row.run_dir) / "metrics.jsonl"))
+        runs.append(rr)
+        for e in rr.entries:
+            if e.get("metric") not in metrics and e.get("metric") is not None:
+                metrics.append(e["metric"])
+    if n is None:
+        counts: dict[int, int] = defaultdict(int)
+        for rr in runs:
+            for e in rr.entries:
+                counts[e.get("n")] += 1
+        n = max(counts, key=counts.get) if counts else None
+    for rr in runs:
+        curves: dict[tuple[str, str], dict[float, float]] = defaultdict(dict)
+        by_n: dict[tuple[str, str], dict[float, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+        for e in rr.entries:
+            try:
+                kimg, value, metric = float(e["kimg"]), float(e["value"]), str(e["metric"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            key = (metric, eval_label(e))
+            if e.get("guidance") not in (None, "none"):
+                rr.guidance[key[1]] = str(e["guidance"])
+            if e.get("n") == n:
+                curves[key][kimg] = value
+            if e.get("n") is not None:
+                by_n[key][kimg][int(e["n"])] = value
+        rr.curves = {k: sorted(v.items()) for k, v in curves.items()}
+        for key, per_kimg in by_n.items():
+            last = max(per_kimg)
+            rr.sweeps[key] = dict(sorted(per_kimg[last].items()))
+    axes: list[str] = []
+    for r in rows:
+        for k in r.labels:
+            if k != "seed" and k not in axes:
+                axes.append(k)
+    guided = any(rr.guidance for rr in runs)
+    if guided and "guidance" not in axes:
+        axes.append("guidance")
+    return StudyResults(out, name, runs, axes, metrics, budget, n, guided)

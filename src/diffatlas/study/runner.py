@@ -1,0 +1,292 @@
+"""Run a study: K worker processes on one machine claim runs from the ledger and do each run's work.
+
+The per-run work is a callable `work(task: Task) -> None`, by default `train_and_evaluate`
+(diffatlas.train.train, then diffatlas.evaluate.evaluate_run for every sampler setting). Both
+resume by themselves, so a run interrupted by SIGKILL or Ctrl-C continues where it stopped
+when the study is run again; finished runs are skipped through the ledger.
+
+Workers split the machine: with GPUs, worker i sees GPU i mod #GPUs (CUDA_VISIBLE_DEVICES);
+on CPU each worker uses cores // K threads (torch.set_num_threads).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .. import config as C
+from ..errors import UserError, one_line
+from .ledger import Ledger, RunRow, worker_name
+from .spec import Evaluation, Study
+
+
+@dataclass
+class Task:
+    """What a worker hands to the work function for one run."""
+
+    id: str
+    run_dir: Path
+    config: Any                 # diffatlas.config.Config (resolved)
+    config_dict: dict
+    labels: dict
+    evaluation: Evaluation
+    attempt: int
+    log: Callable[[str], None] = field(default=print, repr=False)
+
+
+WorkFn = Callable[[Task], None]
+
+
+def train_and_evaluate(task: Task) -> None:
+    """The real per-run work: train (resumes from the latest snapshot), then evaluate every
+    snapshot with every sampler setting (skips entries already in metrics.jsonl), then the
+    sample-count sweep on the final snapshot."""
+    from ..evaluate import evaluate_run
+    from ..train import train
+
+    ev = task.evaluation
+    task.log(f"train {task.id} -> {task.run_dir}")
+    train(task.config, task.run_dir, progress=False, log=task.log)
+    for setting in ev.samplers:
+        task.log(f"evaluate {task.id}: {', '.join(ev.metrics)} n={ev.n} sampler={setting.get('sampler', 'auto')} "
+                 f"steps={setting.get('steps', 'auto')}")
+        extra = {"guidance": setting["guidance"]} if "guidance" in setting else {}
+        evaluate_run(task.run_dir, metrics=tuple(ev.metrics), n=ev.n, snapshots="all", sampler=setting.get("sampler"),
+                     steps=setting.get("steps"), extractor=ev.extractor, seed=ev.seed, progress=False, **extra)
+    first = ev.samplers[0]
+    for n in ev.n_sweep:
+        if n == ev.n:
+            continue
+        task.log(f"evaluate {task.id}: n={n} (sample-count sweep, final snapshot)")
+        evaluate_run(task.run_dir, metrics=tuple(ev.metrics), n=n, snapshots="latest", sampler=first.get("sampler"),
+                     steps=first.get("steps"), extractor=ev.extractor, seed=ev.seed, progress=False)
+
+
+# ---- output folder ---------------------------------------------------------------------------
+
+def default_out(study: Study) -> Path:
+    return Path("studies-out") / study.name
+
+
+def prepare(study: Study, out: Path, resolve: Callable[[Any], Any] | None = None,
+            stale_after: float = 600.0) -> tuple[Ledger, list]:
+    """Expand and validate the study first (nothing is written on a bad study), then open the
+    ledger and add the runs not in it yet."""
+    runs = study.runs(resolve)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "runs").mkdir(exist_ok=True)
+    text = yaml.safe_dump(study.raw, sort_keys=False) if study.raw else ""
+    if text:
+        tmp = out / ".study.yaml.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out / "study.yaml")
+    ledger = Ledger(out / "ledger.sqlite", max_attempts=study.max_attempts, stale_after=stale_after)
+    ledger.sync(runs, out / "runs")
+    ledger.set_meta("study_name", study.name)
+    ledger.set_meta("run_ids", [r.id for r in runs])
+    ledger.set_meta("evaluation", asdict(study.evaluation))
+    ledger.set_meta("budget_kimg", study.budget_kimg)
+    return ledger, runs
+
+
+# ---- the worker loop -------------------------------------------------------------------------
+
+class _Heartbeat(threading.Thread):
+    def __init__(self, db_path: Path, run_id: str, worker: str, every: float) -> None:
+        super().__init__(daemon=True)
+        self.db_path, self.run_id, self.worker, self.every = db_path, run_id, worker, every
+        self.stop = threading.Event()
+        self.lost = False
+
+    def run(self) -> None:
+        ledger = Ledger(self.db_path)
+        try:
+            while not self.stop.wait(self.every):
+                if not ledger.heartbeat(self.run_id, self.worker):
+                    self.lost = True
+        finally:
+            ledger.close()
+
+
+def worker_loop(out: Path, study: Study, work: WorkFn, *, tag: str | None = None, run_ids: list[str] | None = None,
+                stale_after: float = 600.0, heartbeat_s: float = 15.0, max_runs: int | None = None) -> dict:
+    """Claim and do runs until none is left. Returns counts {done, failed}."""
+    worker = worker_name(tag)
+    prefix = f"[{tag}] " if tag else ""
+
+    def log(msg: str) -> None:
+        print(f"{prefix}{msg}", flush=True)
+
+    ledger = Ledger(out / "ledger.sqlite", max_attempts=study.max_attempts, stale_after=stale_after)
+    total = len(run_ids) if run_ids is not None else len(ledger.rows())
+    result = {"done": 0, "failed": 0}
+    try:
+        while max_runs is None or result["done"] + result["failed"] < max_runs:
+            row = ledger.claim(worker, only=run_ids)
+            if row is None:
+                break
+            result_key = _do_run(ledger, row, out, study, work, worker, heartbeat_s, log)
+            result[result_key] += 1
+            c = ledger.counts()
+            log(f"progress: {c['done']}/{total} done, {c['running']} running, {c['failed']} failed")
+    finally:
+        ledger.close()
+    return result
+
+
+def _do_run(ledger: Ledger, row: RunRow, out: Path, study: Study, work: WorkFn, worker: str,
+            heartbeat_s: float, log: Callable[[str], None]) -> str:
+    run_dir = Path(row.run_dir)
+    labels = ", ".join(f"{k}={v}" for k, v in row.labels.items())
+    log(f"run {row.id} ({labels}): attempt {row.attempts}/{study.max_attempts}")
+    hb = _Heartbeat(ledger.path, row.id, worker, heartbeat_s)
+    hb.start()
+    t0 = time.time()
+    try:
+        cfg = C.from_dict(row.config)
+        work(Task(row.id, run_dir, cfg, row.config, row.labels, study.evaluation, row.attempts, log))
+    except KeyboardInterrupt:
+        ledger.release(row.id, worker)
+        log(f"run {row.id} interrupted; it resumes on the next `study run`")
+        raise
+    except Exception as e:  # noqa: BLE001 - a run's failure is recorded, the study goes on
+        msg = one_line(f"{type(e).__name__}: {e}") if not isinstance(e, UserError) else one_line(str(e))
+        ledger.fail(row.id, worker, msg)
+        log(f"run {row.id} failed after {time.time() - t0:.1f} s: {msg}")
+        if not isinstance(e, UserError):
+            traceback.print_exc(file=sys.stderr)
+        return "failed"
+    finally:
+        hb.stop.set()
+        hb.join()
+    if ledger.finish(row.id, worker):
+        log(f"run {row.id} done in {time.time() - t0:.1f} s")
+    else:
+        log(f"run {row.id} finished here but was reclaimed by another runner meanwhile")
+    return "done"
+
+
+# ---- worker processes ------------------------------------------------------------------------
+
+def _set_parent_death_signal() -> None:
+    """Linux: a worker dies with its runner (so a SIGKILLed runner leaves no orphan doing work)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+def _child(out: str, study: Study, work: WorkFn, tag: str, run_ids: list[str], env: dict, threads: int,
+           stale_after: float, heartbeat_s: float) -> None:
+    _set_parent_death_signal()
+    os.environ.update(env)
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+    except ImportError:
+        pass
+    try:
+        worker_loop(Path(out), study, work, tag=tag, run_ids=run_ids, stale_after=stale_after, heartbeat_s=heartbeat_s)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _gpu_count() -> int:
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
+        return 0
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except ImportError:
+        return 0
+
+
+class Runner:
+    """Runs a study into `out` with `workers` processes.
+
+    >>> Runner(load_study("studies/quickstart.yaml"), Path("out/quickstart"), workers=2).run()
+
+    `work` replaces the per-run work (train + evaluate) — tests inject fast fakes; `resolve`
+    replaces config.resolve when expanding the study.
+    """
+
+    def __init__(self, study: Study, out: str | Path | None = None, *, workers: int = 1, work: WorkFn = train_and_evaluate,
+                 resolve: Callable[[Any], Any] | None = None, stale_after: float = 600.0, heartbeat_s: float = 15.0,
+                 retry_failed: bool = False) -> None:
+        if workers < 1:
+            raise UserError(f"--workers must be at least 1, got {workers}")
+        self.study = study
+        self.out = Path(out) if out is not None else default_out(study)
+        self.workers = workers
+        self.work = work
+        self.resolve = resolve
+        self.stale_after = stale_after
+        self.heartbeat_s = heartbeat_s
+        self.retry_failed = retry_failed
+
+    def run(self) -> dict:
+        """Do every run not done yet; returns the ledger's status counts."""
+        ledger, runs = prepare(self.study, self.out, self.resolve, self.stale_after)
+        if self.retry_failed:
+            ledger.reset_failed()
+        ids = [r.id for r in runs]
+        c = ledger.counts()
+        print(f"study {self.study.name}: {len(runs)} runs in {self.out} ({c['done']} done, {c['failed']} failed); "
+              f"{self.workers} worker(s)", flush=True)
+        ledger.close()
+        if self.workers == 1:
+            worker_loop(self.out, self.study, self.work, run_ids=ids, stale_after=self.stale_after, heartbeat_s=self.heartbeat_s)
+        else:
+            self._run_processes(ids)
+        with Ledger(self.out / "ledger.sqlite", max_attempts=self.study.max_attempts) as ledger:
+            counts = ledger.counts()
+            failed = [r for r in ledger.rows() if r.status == "failed" and r.id in set(ids)]
+        print(f"study {self.study.name}: {counts['done']} done, {counts['failed']} failed, {counts['pending']} pending", flush=True)
+        for r in failed:
+            print(f"  failed {r.id} after {r.attempts} attempt(s): {r.error}", flush=True)
+        return counts
+
+    def _run_processes(self, ids: list[str]) -> None:
+        ctx = mp.get_context("spawn")
+        ngpu = _gpu_count()
+        threads = max(1, _cpu_count() // self.workers)
+        procs = []
+        for i in range(self.workers):
+            env = {"CUDA_VISIBLE_DEVICES": str(i % ngpu)} if ngpu else {}
+            if not ngpu:
+                env["OMP_NUM_THREADS"] = str(threads)
+            p = ctx.Process(target=_child, args=(str(self.out), self.study, self.work, f"w{i}", ids, env, threads,
+                                                 self.stale_after, self.heartbeat_s), daemon=False)
+            p.start()
+            procs.append(p)
+        where = f"GPU {', '.join(str(i % ngpu) for i in range(self.workers))}" if ngpu else f"{threads} CPU thread(s) each"
+        print(f"started {self.workers} workers ({where})", flush=True)
+        try:
+            for p in procs:
+                p.join()
+        except KeyboardInterrupt:
+            for p in procs:
+                p.join(timeout=30)
+            raise

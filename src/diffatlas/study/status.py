@@ -1,0 +1,82 @@
+"""`diffatlas study status`: per-status counts, per-run progress and an ETA, read from the ledger
+and the run folders (never written)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ..errors import UserError
+from .ledger import Ledger
+from .results import last_stats, read_jsonl
+
+
+def study_status(out: str | Path) -> dict:
+    """{counts, runs: [{id, status, attempts, kimg, budget, entries, error, seconds}], eta_s}."""
+    out = Path(out)
+    if not (out / "ledger.sqlite").is_file():
+        raise UserError(f"{str(out)!r} holds no study (no ledger.sqlite); start it with `diffatlas study run`")
+    with Ledger(out / "ledger.sqlite") as ledger:
+        rows = ledger.rows()
+        ids = ledger.get_meta("run_ids")
+        workers = 1
+    if ids is not None:
+        keep = set(ids)
+        rows = [r for r in rows if r.id in keep]
+    now = time.time()
+    runs, durations, frac_left, rates = [], [], 0.0, []
+    for r in rows:
+        rd = Path(r.run_dir)
+        st = last_stats(rd)
+        budget = float(r.config.get("train", {}).get("kimg") or 0) or None
+        kimg = float(st["kimg"]) if st else 0.0
+        entries = sum(1 for _ in read_jsonl(rd / "metrics.jsonl"))
+        secs = None
+        if r.status == "done" and r.started and r.finished:
+            secs = r.finished - r.started
+            durations.append(secs)
+        elif r.status == "running" and r.started:
+            secs = now - r.started
+            if kimg > 0 and budget:
+                rates.append(secs / kimg * budget)
+        progress = min(kimg / budget, 1.0) if budget else 0.0
+        if r.status in ("pending", "running"):
+            frac_left += 1.0 - (progress if r.status == "running" else 0.0)
+        runs.append({"id": r.id, "status": r.status, "attempts": r.attempts, "kimg": kimg, "budget": budget,
+                     "entries": entries, "error": r.error, "seconds": secs, "labels": r.labels, "worker": r.worker})
+    running = sum(1 for r in rows if r.status == "running")
+    workers = max(running, 1)
+    per_run = (sum(durations) / len(durations)) if durations else (sum(rates) / len(rates) if rates else None)
+    eta = per_run * frac_left / workers if per_run is not None else None
+    counts = {s: sum(1 for r in rows if r.status == s) for s in ("pending", "running", "done", "failed")}
+    return {"counts": counts, "runs": runs, "eta_s": eta, "per_run_s": per_run}
+
+
+def format_duration(s: float | None) -> str:
+    if s is None:
+        return "unknown"
+    s = int(round(s))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s" if m else f"{sec}s"
+
+
+def format_status(st: dict) -> str:
+    c = st["counts"]
+    lines = [f"runs: {c['done']} done, {c['running']} running, {c['pending']} pending, {c['failed']} failed "
+             f"(of {sum(c.values())})"]
+    lines.append(f"{'id':12}  {'status':8} {'try':>3}  {'kimg':>14}  {'metrics':>7}  labels")
+    for r in st["runs"]:
+        kimg = f"{r['kimg']:.4g}/{r['budget']:g}" if r["budget"] else f"{r['kimg']:.4g}"
+        labels = ", ".join(f"{k}={v}" for k, v in r["labels"].items())
+        line = f"{r['id']:12}  {r['status']:8} {r['attempts']:>3}  {kimg:>14}  {r['entries']:>7}  {labels}"
+        if r["error"] and r["status"] == "failed":
+            line += f"  error: {r['error']}"
+        lines.append(line)
+    left = c["pending"] + c["running"]
+    if left:
+        lines.append(f"ETA: {format_duration(st['eta_s'])} for {left} run(s) left"
+                     + (f" (about {format_duration(st['per_run_s'])} per run)" if st["per_run_s"] else ""))
+    else:
+        lines.append("nothing left to run")
+    return "\n".join(lines)
