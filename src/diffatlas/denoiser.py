@@ -15,6 +15,10 @@ from .dynamics.base import Dynamics, append_dims
 from .parameterization import get_parameterization
 
 
+# Largest sigma_hat the denoiser resolves: the upper clamp of Dynamics.c_noise.
+SIGMA_HAT_MAX = 1e5
+
+
 class DenoiserLike(Protocol):
     """Anything a sampler can use: a callable x0-estimator with its dynamics attached."""
 
@@ -53,8 +57,13 @@ class Denoiser(nn.Module):
         """(x_hat, c_skip, c_out, c_in), the coefficients broadcast to x's shape, in float32 or wider."""
         dtype = torch.promote_types(x.dtype, torch.float32)
         t = per_sample(t, x).to(dtype)
-        alpha = self.dynamics.alpha(t)
-        s = self.dynamics.sigma_hat(t)
+        # Where alpha -> 0 (rectified flow at t = 1) sigma_hat is infinite and x / alpha is undefined; clamp
+        # sigma_hat at the largest level c_noise resolves and use the alpha that goes with it (alpha = sigma /
+        # sigma_hat), i.e. evaluate at a time within 1e-5 of t. Parameterizations with a finite limit
+        # (x0, v, edm) then give a finite D; elsewhere nothing changes.
+        s_raw = self.dynamics.sigma_hat(t)
+        s = s_raw.clamp(max=SIGMA_HAT_MAX)
+        alpha = torch.where(s_raw > SIGMA_HAT_MAX, self.dynamics.sigma(t) / SIGMA_HAT_MAX, self.dynamics.alpha(t))
         c_skip, c_out, c_in = (append_dims(c, x.ndim) for c in self.parameterization(s, self.sigma_data))
         x_hat = x.to(dtype) / append_dims(alpha, x.ndim)
         return x_hat, c_skip, c_out, c_in
@@ -63,7 +72,8 @@ class Denoiser(nn.Module):
         """The raw network output F and (x_hat, c_skip, c_out) so a loss can form its own target."""
         x_hat, c_skip, c_out, c_in = self.scalings(x, t)
         c_noise = self.dynamics.c_noise(per_sample(t, x).to(x_hat.dtype))
-        net_dtype = next(self.network.parameters()).dtype
+        param = next(self.network.parameters(), None)  # a parameter-free network (an analytic one) keeps x's dtype
+        net_dtype = param.dtype if param is not None else x_hat.dtype
         out = self.network((c_in * x_hat).to(net_dtype), c_noise.to(net_dtype), cond)
         return out.to(x_hat.dtype), x_hat, c_skip, c_out
 

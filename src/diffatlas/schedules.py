@@ -40,13 +40,16 @@ def beta_sigmoid(steps: int, beta_min: float = 1e-4, beta_max: float = 0.02, sca
 
 
 @BETA_SCHEDULES.register("cosine", "alpha_bar = cos^2 schedule with offset s=0.008 (Nichol & Dhariwal 2021, eq. 17)")
-def beta_cosine(steps: int, beta_min: float = 1e-4, beta_max: float = 0.999, scale: float = 1.0, s: float = 0.008) -> Tensor:
+def beta_cosine(steps: int, beta_min: float = 1e-4, beta_max: float = 0.02, scale: float = 1.0, s: float = 0.008,
+                max_beta: float = 0.999) -> Tensor:
     # alpha_bar(t) = f(t)/f(0), f(t) = cos^2(((t/T + s)/(1 + s)) pi/2); beta_t = 1 - alpha_bar_t/alpha_bar_{t-1},
-    # clipped at 0.999 to avoid singularities near t = T. beta_min/scale are unused (the shape is fixed).
+    # clipped at max_beta = 0.999 to avoid singularities near t = T (Nichol & Dhariwal 2021, eq. 17 and sec. 3.2).
+    # The shape is fixed: beta_min, beta_max and scale are accepted for a uniform signature and unused
+    # (clipping at the linear schedule's beta_max = 0.02 would break the closed form above).
     i = torch.arange(steps + 1, dtype=torch.float64)
     f = torch.cos((i / steps + s) / (1 + s) * math.pi / 2) ** 2
     alpha_bar = f / f[0]
-    return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=beta_max)
+    return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=max_beta)
 
 
 def sigma_geometric(levels: int, sigma_min: float, sigma_max: float) -> Tensor:

@@ -138,7 +138,13 @@ def ncsnv2_ratio(dim: int) -> float:
         a = math.sqrt(2 * dim) * (g - 1)
         return phi(a + 3 * g) - phi(a - 3 * g) - 0.5
 
-    lo, hi = 1.0 + 1e-9, 10.0  # gap decreases in g: ~ +0.5 near 1, negative for large g
+    # For large g the gap tends to Phi(inf) - Phi((sqrt(2D) - 3) g) - 0.5, which is negative only if
+    # sqrt(2D) > 3: in D <= 4 dimensions no ratio meets the rule.
+    if math.sqrt(2 * dim) <= 3:
+        raise ValueError(f"NCSNv2's ratio rule has no solution in D = {dim} <= 4 dimensions; set the levels explicitly")
+    lo, hi = 1.0 + 1e-9, 2.0  # gap ~ +0.5 near g = 1; widen until it is negative
+    while gap(hi) > 0:
+        lo, hi = hi, 2 * hi
     for _ in range(200):
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if gap(mid) > 0 else (lo, mid)
