@@ -106,7 +106,10 @@ def generate(denoiser, shape: tuple[int, ...], seeds: list[int], *, sampler: str
 
     fn = SAMPLERS.get(sampler)
     dyn = denoiser.dynamics
-    ts = make_grid(grid, dyn, steps).to(device)
+    try:
+        ts = make_grid(grid, dyn, steps).to(device)
+    except ValueError as e:
+        raise UserError(f"grid {grid!r} with {steps} steps: {e}") from None
     outs, nfe = [], 0
     for start in range(0, len(seeds), batch):
         chunk = seeds[start:start + batch]

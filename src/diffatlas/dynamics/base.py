@@ -97,7 +97,8 @@ class Dynamics:
 
     def sample_training_t(self, n: int, generator: torch.Generator | None = None,
                           device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> Tensor:
-        """Training noise levels: uniform in [t_min, t_max] by default; discrete processes pick a step."""
+        """Training noise levels: uniform in [t_min, t_max] by default; discrete processes pick a step;
+        a process may state its own density (EDM: log-normal sigma, not clipped to the range)."""
         if self.steps is not None:
             i = torch.randint(0, self.steps, (n,), generator=generator, device=device)
             return self.discrete_times(device=device, dtype=dtype)[i]
