@@ -115,6 +115,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
                      options=_parse_options(args.option), snapshot=args.snapshot, ema=not args.raw, cond=cond,
                      guidance=guidance, device=device)
     name = f"{res['snapshot']}-{res['sampler']}-{res['steps']}-seed{args.seed}"
+    if args.guidance:
+        name += "-" + args.guidance.replace(":", "")
+    if args.klass is not None:
+        name += f"-class{args.klass}"
     out = Path(args.out) if args.out else Path(args.run) / "samples" / f"{name}.png"
     save_image_grid(res["x"], out)
     npz = out.with_suffix(".npz")
