@@ -1,0 +1,219 @@
+"""Building blocks shared by the network families.
+
+Every network sees the noise level only as ``c_noise = log(sigma_hat) / 4`` (Karras et al. 2022,
+Table 1), a float roughly in [-3, 3], never an integer timestep. It is embedded with fixed Fourier
+features followed by an MLP (`NoiseEmbedding`); the frequencies are a buffer computed once, so a
+forward pass does no Python work for them.
+
+Conventions: N = batch, C = channels, H x W = spatial size, E = embedding width, L = tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def num_groups(channels: int, max_groups: int = 32, min_group_size: int = 4) -> int:
+    """GroupNorm group count: at most 32 groups (Wu & He 2018; Ho et al. 2020) with at least 4 channels
+    per group, as in the DDPM CIFAR-10 model (128 channels / 32 groups). Narrow ladder presets thus get
+    fewer groups (16 channels -> 4 groups) instead of one channel per group, which would make GroupNorm
+    an instance norm that erases the additive per-channel noise embedding of a DDPM ResBlock."""
+    return math.gcd(max_groups, max(1, channels // min_group_size))
+
+
+def zero_(module: nn.Module) -> nn.Module:
+    """Zero-initialise a layer's weight and bias (Ho et al. 2020 output convs; Peebles & Xie 2023 adaLN-Zero)."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class FourierFeatures(nn.Module):
+    """Fixed sinusoidal features of a scalar: [cos(w_i c), sin(w_i c)] for geometric w_i.
+
+    The frequencies run geometrically from `min_freq` to `max_freq` radians per unit of c_noise,
+    the continuous analogue of the transformer/DDPM sinusoidal embedding (Vaswani et al. 2017;
+    Ho et al. 2020, Appendix B) rescaled to the c_noise range: the slowest wave has a period
+    (2 pi / 0.25 ~ 25) longer than the whole range [-3, 3], so it is monotone over it, and the
+    fastest (64 rad) resolves the ~1e-3 spacing of neighbouring DDPM steps.
+
+    Input: c (N,) float. Output: (N, dim) in the buffer's dtype (float32 unless the module was cast).
+    """
+
+    def __init__(self, dim: int, min_freq: float = 0.25, max_freq: float = 64.0) -> None:
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"Fourier feature width must be even, got {dim}")
+        half = dim // 2
+        freqs = torch.exp(torch.linspace(math.log(min_freq), math.log(max_freq), half, dtype=torch.float64))
+        # Derived from constructor arguments, so not part of the state_dict.
+        self.register_buffer("freqs", freqs.float(), persistent=False)
+        self.dim = dim
+
+    def forward(self, c: Tensor) -> Tensor:
+        arg = c.to(self.freqs.dtype)[:, None] * self.freqs[None, :]
+        return torch.cat([torch.cos(arg), torch.sin(arg)], dim=1)
+
+
+class NoiseEmbedding(nn.Module):
+    """c_noise -> Fourier features (freq_dim) -> Linear -> SiLU -> Linear -> (N, dim).
+
+    The DDPM U-Net's timestep MLP (Ho et al. 2020: sinusoid(ch) -> dense 4ch -> swish -> dense 4ch)
+    and DiT's TimestepEmbedder (Peebles & Xie 2023) have exactly this form.
+    """
+
+    def __init__(self, dim: int, freq_dim: int | None = None) -> None:
+        super().__init__()
+        freq_dim = freq_dim or dim
+        self.fourier = FourierFeatures(freq_dim)
+        self.fc1 = nn.Linear(freq_dim, dim)
+        self.fc2 = nn.Linear(dim, dim)
+
+    def forward(self, c_noise: Tensor) -> Tensor:
+        return self.fc2(F.silu(self.fc1(self.fourier(c_noise))))
+
+
+class ClassEmbedding(nn.Module):
+    """Label table with `num_classes + 1` rows; row `num_classes` is the NULL class used for
+    classifier-free guidance (Ho & Salimans 2022). ``cond=None`` selects the NULL class for every sample.
+
+    Input: cond (N,) long or None, batch size n. Output: (N, dim).
+    """
+
+    def __init__(self, num_classes: int, dim: int, init_std: float = 1.0) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.table = nn.Embedding(num_classes + 1, dim)
+        nn.init.normal_(self.table.weight, std=init_std)
+
+    def forward(self, cond: Tensor | None, n: int, device: torch.device) -> Tensor:
+        if cond is None:
+            cond = torch.full((n,), self.num_classes, dtype=torch.long, device=device)
+        return self.table(cond)
+
+
+class ResBlock(nn.Module):
+    """DDPM residual block (Ho et al. 2020, Appendix B; the Wide-ResNet block of Zagoruyko & Komodakis 2016):
+
+        h = conv1(SiLU(GN(x)))
+        h = h + W e                                  (additive, Ho et al.)     or
+        h = GN(h) * (1 + scale) + shift, (scale, shift) = W e    (scale_shift=True; Dhariwal & Nichol 2021)
+        h = conv2(dropout(SiLU(GN(h))))              conv2 zero-initialised (Ho et al.)
+        out = skip(x) + h                            skip = 1x1 conv when channels change
+
+    `e_act` is SiLU(embedding), shape (N, E), computed once by the network for all blocks.
+    Input (N, C_in, H, W) -> output (N, C_out, H, W).
+    """
+
+    def __init__(
+        self, in_ch: int, out_ch: int, emb_dim: int, dropout: float = 0.0, scale_shift: bool = False
+    ) -> None:
+        super().__init__()
+        self.scale_shift = scale_shift
+        self.norm1 = nn.GroupNorm(num_groups(in_ch), in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, out_ch * (2 if scale_shift else 1))
+        self.norm2 = nn.GroupNorm(num_groups(out_ch), out_ch)
+        self.drop = nn.Dropout(dropout)
+        self.conv2 = zero_(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: Tensor, e_act: Tensor) -> Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        e = self.emb(e_act)[:, :, None, None]
+        if self.scale_shift:
+            scale, shift = e.chunk(2, dim=1)
+            h = torch.addcmul(shift, self.norm2(h), 1 + scale)
+        else:
+            h = self.norm2(h + e)
+        h = self.conv2(self.drop(F.silu(h)))
+        return self.skip(x) + h
+
+
+class AttnBlock(nn.Module):
+    """Spatial self-attention with a residual (Ho et al. 2020 at 16x16; Vaswani et al. 2017, eq. 1):
+    out = x + proj(softmax(q k^T / sqrt(d)) v), q, k, v = 1x1 convs of GN(x); proj zero-initialised.
+    Uses `scaled_dot_product_attention`. Input and output (N, C, H, W)."""
+
+    def __init__(self, channels: int, heads: int = 1) -> None:
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"{channels} channels do not split into {heads} heads")
+        self.heads = heads
+        self.norm = nn.GroupNorm(num_groups(channels), channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = zero_(nn.Conv2d(channels, channels, 1))
+
+    def forward(self, x: Tensor, e_act: Tensor | None = None) -> Tensor:
+        n, c, hh, ww = x.shape
+        d = c // self.heads
+        qkv = self.qkv(self.norm(x)).reshape(n, 3, self.heads, d, hh * ww)
+        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (N, heads, HW, d)
+        a = F.scaled_dot_product_attention(q, k, v)  # (N, heads, HW, d)
+        a = a.transpose(-1, -2).reshape(n, c, hh, ww)
+        return x + self.proj(a)
+
+
+class Downsample(nn.Module):
+    """Strided 3x3 convolution, halves H and W (Ho et al. 2020). (N, C, H, W) -> (N, C, H/2, W/2)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor, e_act: Tensor | None = None) -> Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour 2x upsampling then a 3x3 convolution (Ho et al. 2020). (N, C, H, W) -> (N, C, 2H, 2W)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor, e_act: Tensor | None = None) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+# ---- adaLN helpers (Peebles & Xie 2023, Section 3.2) ---------------------------------------------
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """adaLN: x * (1 + scale) + shift, with (N, D) shift/scale broadcast over the token axis of (N, L, D)."""
+    return torch.addcmul(shift.unsqueeze(1), x, 1 + scale.unsqueeze(1))
+
+
+class AdaLNModulation(nn.Module):
+    """SiLU -> Linear(E, k*D), zero-initialised (adaLN-Zero): returns k chunks of shape (N, D).
+    At initialisation every modulated residual branch is the identity (Peebles & Xie 2023, Sec. 3.2)."""
+
+    def __init__(self, emb_dim: int, dim: int, chunks: int) -> None:
+        super().__init__()
+        self.chunks = chunks
+        self.linear = zero_(nn.Linear(emb_dim, chunks * dim))
+
+    def forward(self, e: Tensor) -> tuple[Tensor, ...]:
+        return self.linear(F.silu(e)).chunk(self.chunks, dim=1)
+
+
+def sincos_pos_embed_2d(dim: int, h: int, w: int) -> Tensor:
+    """Fixed 2-D sine-cosine positional embedding (Vaswani et al. 2017; as used by MAE and DiT):
+    half the channels encode the row, half the column. Returns (h*w, dim) float32."""
+    if dim % 4:
+        raise ValueError(f"positional embedding width must be divisible by 4, got {dim}")
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    ys, xs = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
+    )
+
+    def emb(pos: Tensor) -> Tensor:
+        a = pos.reshape(-1, 1) * omega[None, :]
+        return torch.cat([torch.sin(a), torch.cos(a)], dim=1)
+
+    return torch.cat([emb(ys), emb(xs)], dim=1).float()
