@@ -172,11 +172,14 @@ def _list_networks(shape_arg: str | None) -> None:
     from .networks import describe_presets
 
     shape = tuple(int(v) for v in shape_arg.split(",")) if shape_arg else None
-    rows = describe_presets(shape) if shape else describe_presets(None)
+    rows = describe_presets(shape)
     print(f"  {'preset':<16} {'family':<12} {'shape':<12} {'params':>12} {'fwd GFLOPs':>11}  description")
     for r in rows:
-        shp = "x".join(str(v) for v in r.get("shape", ()))
-        print(f"  {r['name']:<16} {r['family']:<12} {shp:<12} {r['params']:>12,} {r['flops'] / 1e9:>11.3f}  {r.get('description', '')}")
+        shp = "x".join(str(v) for v in r["shape"])
+        if r["params"] is None:
+            print(f"  {r['name']:<16} {r['family']:<12} {shp:<12} {'-':>12} {'-':>11}  {r['description']}")
+            continue
+        print(f"  {r['name']:<16} {r['family']:<12} {shp:<12} {r['params']:>12,} {r['flops'] / 1e9:>11.3f}  {r['description']}")
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

@@ -165,6 +165,37 @@ def _pr(ctx: MetricContext) -> list[dict[str, Any]]:
     return out
 
 
+def _needs_labels(fn: MetricFn) -> MetricFn:
+    fn.needs_labels = True  # type: ignore[attr-defined]
+    return fn
+
+
+@METRICS.register("class_accuracy", "fraction of samples the extractor classifies as their requested class "
+                                    "(class-conditional or guided sampling; higher is better)")
+@_needs_labels
+def _class_accuracy(ctx: MetricContext) -> list[dict[str, Any]]:
+    # options["labels"]: (N,) the class each sample was asked for (e.g. labels cycling 0..K-1);
+    # accuracy = mean_i [argmax_k logits_ik == y_i], the "class accuracy" of guided sampling
+    # (Dhariwal & Nichol 2021, sec. 4; Ho & Salimans 2022 report the same quantity)
+    labels = ctx.options.get("labels")
+    if labels is None:
+        raise UserError("metric 'class_accuracy' needs the class each sample was asked for (labels); "
+                        "it applies to class-conditional or guided sampling only")
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if y.shape[0] != ctx.fake_logits.shape[0]:
+        raise UserError(f"class_accuracy: {y.shape[0]} labels for {ctx.fake_logits.shape[0]} samples")
+    k = ctx.fake_logits.shape[1]
+    if y.size and (y.min() < 0 or y.max() >= k):
+        raise UserError(f"class_accuracy: labels must lie in 0..{k - 1}, the extractor's classes")
+    hit = (ctx.fake_logits.argmax(axis=1) == y).astype(np.float64)  # (N,) indicators
+    boot = None
+    if ctx.n_boot:
+        boot = bootstrap_ci(lambda v: float(v.mean()), hit, n_boot=ctx.n_boot, seed=ctx.seed, alpha=ctx.alpha)
+    return [ctx.record("class_accuracy", float(hit.mean()),
+                       f"fraction of samples the {ctx.extractor.name} extractor assigns to their requested class"
+                       f" (chance {1.0 / k:.3g})", True, boot, chance=1.0 / k, interval_resamples="indicators")]
+
+
 def compute_metrics(
     fake_x: Tensor,
     real: RefStats | Tensor,
@@ -177,6 +208,7 @@ def compute_metrics(
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
     pr_k: int = 3,
+    labels: Tensor | np.ndarray | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate generated images against real data with one extractor.
 
@@ -185,10 +217,12 @@ def compute_metrics(
         real: cached reference statistics (enough for "fid" and "is"), or real images (M, C, H, W)
             in [-1, 1] (needed for "kid" and "pr").
         extractor: a :class:`FeatureExtractor`; with RefStats its name and weights hash must match the key.
-        metrics: names from METRICS: "fid", "is", "kid", "pr" ("pr" yields "precision" and "recall").
+        metrics: names from METRICS: "fid", "is", "kid", "pr" ("pr" yields "precision" and "recall"),
+            "class_accuracy" (needs `labels`).
         n_boot: bootstrap resamples for percentile intervals (0: no intervals).
         seed: seeds the bootstrap and the KID subsets.
         alpha: intervals cover 1 - alpha.
+        labels: (N,) the class each generated image was asked for ("class_accuracy" needs them).
     Returns:
         {name: record}; each record has metric, value, interval ([low, high] or None), confidence,
         n, n_real, extractor, weights_hash, higher_is_better, what, and metric-specific fields
@@ -222,7 +256,8 @@ def compute_metrics(
     ctx = MetricContext(
         fake_features=feats.double().numpy(), fake_logits=logits.double().numpy(), real_features=real_feats,
         reference=reference, n_real=n_real, extractor=extractor, n_boot=n_boot, seed=seed, alpha=alpha,
-        options={"is_splits": is_splits, "kid_subsets": kid_subsets, "kid_subset_size": kid_subset_size, "pr_k": pr_k},
+        options={"is_splits": is_splits, "kid_subsets": kid_subsets, "kid_subset_size": kid_subset_size, "pr_k": pr_k,
+                 "labels": None if labels is None else np.asarray(labels)},
     )
     out: dict[str, dict[str, Any]] = {}
     for fn in fns:

@@ -47,37 +47,42 @@ class Preset:
 
     family: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # The per-sample shape (and class count) the preset is made for: where `diffatlas list networks`
+    # counts its parameters and FLOPs (digits for the ladders, the paper's data for reference presets).
+    shape: tuple[int, ...] = (1, 8, 8)
+    num_classes: int | None = None
 
 
 PRESETS: Registry[Preset] = Registry("network preset")
 
 
-def _preset(name: str, family: str, description: str, **kwargs: Any) -> None:
-    PRESETS.register(name, description)(Preset(family, kwargs))
+def _preset(name: str, family: str, description: str, *, shape: tuple[int, ...] = (1, 8, 8),
+            num_classes: int | None = None, **kwargs: Any) -> None:
+    PRESETS.register(name, description)(Preset(family, kwargs, shape, num_classes))
 
 
 # U-Net ladder: Ho et al.'s CIFAR-10 layout with base width 16 / 32 / 64 / 128.
 _UNET = {"channel_mult": (1, 2, 2, 2), "num_res_blocks": 2, "attn_resolutions": (16,), "dropout": 0.1}
 for _name, _ch in (("unet-xs", 16), ("unet-s", 32), ("unet-m", 64), ("unet-l", 128)):
     _preset(_name, "unet", f"DDPM U-Net, base width {_ch}", base_channels=_ch, **_UNET)
-_preset("ddpm-cifar10", "unet", "Ho et al. 2020 CIFAR-10 U-Net (35.7M at 32x32x3)", base_channels=128, **_UNET)
+_preset("ddpm-cifar10", "unet", "Ho et al. 2020 CIFAR-10 U-Net (35.7M at 32x32x3)", shape=(3, 32, 32), base_channels=128, **_UNET)
 
 # RefineNet ladders: NCSN (noise-conditional norms) and NCSNv2 (unconditional norms, output / sigma).
 for _name, _f in (("refinenet-xs", 16), ("refinenet-s", 32), ("refinenet-m", 64)):
     _preset(_name, "refinenet", f"NCSN RefineNet, ngf {_f}", ngf=_f)
-_preset("ncsn-cifar10", "refinenet", "Song & Ermon 2019 CIFAR-10 score network (ngf 128)", ngf=128)
+_preset("ncsn-cifar10", "refinenet", "Song & Ermon 2019 CIFAR-10 score network (ngf 128)", shape=(3, 32, 32), ngf=128)
 for _name, _f in (("ncsnv2-xs", 16), ("ncsnv2-s", 32), ("ncsnv2-m", 64)):
     _preset(_name, "refinenet-v2", f"NCSNv2 RefineNet, ngf {_f}", ngf=_f)
-_preset("ncsnv2-cifar10", "refinenet-v2", "Song & Ermon 2020 CIFAR-10 score network (ngf 128)", ngf=128)
+_preset("ncsnv2-cifar10", "refinenet-v2", "Song & Ermon 2020 CIFAR-10 score network (ngf 128)", shape=(3, 32, 32), ngf=128)
 
 # DiT ladder (head width 32 for xs, 64 as in the paper otherwise).
 _preset("dit-xs", "dit", "DiT, width 96, depth 6", hidden_size=96, depth=6, num_heads=3, patch_size=2)
-_preset("dit-s", "dit", "DiT-S/2 (Peebles & Xie 2023; 33M at 32x32x4)", hidden_size=384, depth=12, num_heads=6, patch_size=2)
-_preset("dit-b", "dit", "DiT-B/2 (Peebles & Xie 2023; 130M at 32x32x4)", hidden_size=768, depth=12, num_heads=12, patch_size=2)
+_preset("dit-s", "dit", "DiT-S/2 (Peebles & Xie 2023; 33M at 32x32x4)", shape=(4, 32, 32), num_classes=1000, hidden_size=384, depth=12, num_heads=6, patch_size=2)
+_preset("dit-b", "dit", "DiT-B/2 (Peebles & Xie 2023; 130M at 32x32x4)", shape=(4, 32, 32), num_classes=1000, hidden_size=768, depth=12, num_heads=12, patch_size=2)
 
 # MLP ladder.
 for _name, _w, _d in (("mlp-xs", 64, 2), ("mlp-s", 128, 3), ("mlp-m", 256, 4)):
-    _preset(_name, "mlp", f"residual MLP, width {_w}, depth {_d}", width=_w, depth=_d)
+    _preset(_name, "mlp", f"residual MLP, width {_w}, depth {_d}", shape=(2,), width=_w, depth=_d)
 
 
 def build_network(
@@ -133,23 +138,29 @@ def count_flops(module: nn.Module, shape: Sequence[int], batch: int = 1, cond: b
     return int(counter.get_total_flops())
 
 
-def describe_presets(shape: Sequence[int], names: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """One row per preset buildable at `shape`: {name, family, params, flops (forward, batch 1), description}.
-    Presets that cannot take the shape (e.g. image networks for (2,)) are listed with params None and the reason."""
+def describe_presets(shape: Sequence[int] | None = None, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One row per preset: {name, family, shape, params, flops (forward, batch 1), description}, at `shape`
+    or, when None, at each preset's own shape. Presets that cannot take the shape (e.g. image networks
+    for (2,)) are listed with params None and the reason."""
     rows = []
     for name in names or PRESETS.names():
         p = PRESETS.get(name)
+        at = tuple(shape) if shape is not None else p.shape
+        classes = None if shape is not None else p.num_classes
         try:
-            net = build_network(name, shape=shape)
+            with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+                net = build_network(name, shape=at, num_classes=classes)
         except UserError as e:
-            rows.append({"name": name, "family": p.family, "params": None, "flops": None, "description": str(e)})
+            rows.append({"name": name, "family": p.family, "shape": at, "params": None, "flops": None,
+                         "description": str(e)})
             continue
         rows.append(
             {
                 "name": name,
                 "family": p.family,
+                "shape": at,
                 "params": count_parameters(net),
-                "flops": count_flops(net, shape),
+                "flops": count_flops(net, at, cond=classes is not None),
                 "description": PRESETS.describe(name),
             }
         )
