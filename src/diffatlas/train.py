@@ -209,7 +209,7 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, log
     net = make_network(cfg, dataset.shape, dataset.num_classes).to(device)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.train.lr, betas=cfg.train.betas,
-                            weight_decay=cfg.train.weight_decay)
+                            weight_decay=cfg.train.weight_decay, fused=device.type == "cuda")
     sampler = EpochSampler(len(dataset), cfg.train.seed)
     noise_gen = torch.Generator(device=device).manual_seed(cfg.train.seed + 1)
     sched = Schedule(cfg)
