@@ -1,0 +1,368 @@
+"""Sampler conformance: every sampler x dynamics against the exact Gaussian-mixture denoiser, plus
+analytic references (Ho et al. 2020 Algorithm 2, DDIM eq. 12), convergence order, guards and wrappers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from diffatlas.data.toy import ExactDenoiser, gaussian, standard_mixture
+from diffatlas.denoiser import eps_from_x0
+from diffatlas.dynamics import DYNAMICS, build_dynamics
+from diffatlas.errors import UserError
+from diffatlas.registry import UnknownNameError
+from diffatlas.samplers import (SAMPLERS, TabulatedDDPM, default_grid, from_eps_model, from_x0_fn, prior_from_seeds,
+                                sample, steps_for_nfe)
+from diffatlas.samplers.oracle import mmd_rbf, random_directions, sliced_wasserstein
+from diffatlas.schedules import BETA_SCHEDULES, make_grid
+
+MIX = standard_mixture(2)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny tensors: one thread avoids the synchronisation overhead of two
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def marginal_at_tmax(dyn, n: int, seed: int) -> torch.Tensor:
+    """Exact draws of p_{t_max} (the noised mixture), so that a prior mismatch (NCSN's sigma_max = 1)
+    does not hide or add sampler error."""
+    t = torch.tensor([dyn.t_max], dtype=torch.float64)
+    law = MIX.noised(float(dyn.alpha(t)), float(dyn.sigma(t)))
+    return law.sample(n, torch.Generator().manual_seed(seed))
+
+
+def run(name, dyn, x, nfe, seed=5, **options):
+    steps, opts = steps_for_nfe(name, nfe, **options)
+    ts = make_grid(default_grid(dyn, steps, name), dyn, steps)
+    return SAMPLERS.get(name)(ExactDenoiser(MIX, dyn), x, ts, generator=torch.Generator().manual_seed(seed), **opts)
+
+
+# ---- conformance over SAMPLERS x DYNAMICS -----------------------------------------------------------
+
+N = 500
+REF = MIX.sample(8000, torch.Generator().manual_seed(1))
+DIRS = random_directions(2, 128, torch.Generator().manual_seed(2))
+# SW2 of independent true sets of size N against REF: the noise floor's distribution.
+_FLOORS = torch.tensor([sliced_wasserstein(MIX.sample(N, torch.Generator().manual_seed(100 + i)), REF, directions=DIRS)
+                        for i in range(20)])
+# Tolerance: 4 standard deviations above the floor's mean (a pushed-forward sample is one such draw).
+TOL = float(_FLOORS.mean() + 4 * _FLOORS.std())
+
+
+def test_every_sampler_registered():
+    assert SAMPLERS.names() == sorted(["ancestral", "ddim", "langevin", "euler-maruyama", "reverse-diffusion", "pc",
+                                       "euler", "heun", "rk45", "edm", "dpm-solver++"])
+
+
+@pytest.mark.parametrize("dyn_name", DYNAMICS.names())
+def test_conformance_reaches_noise_floor(dyn_name):
+    """Distance to the data falls from 2 NFE to a high NFE and ends within TOL of the noise floor."""
+    dyn = build_dynamics(dyn_name)
+    x = marginal_at_tmax(dyn, N, seed=0)
+    for name in SAMPLERS.names():
+        if name == "euler-maruyama" and dyn_name == "flow":
+            with pytest.raises(UserError, match="infinite"):
+                run(name, dyn, x, 50)
+            continue
+        if name == "langevin":  # 20 geometric levels x 20 steps (+1 denoise)
+            ts = make_grid("logsnr", dyn, 20)
+            hi = SAMPLERS.get(name)(ExactDenoiser(MIX, dyn), x, ts, generator=torch.Generator().manual_seed(5),
+                                    n_steps_each=20)
+        elif name == "rk45":
+            ts = make_grid("uniform", dyn, 2)
+            hi = SAMPLERS.get(name)(ExactDenoiser(MIX, dyn), x, ts, rtol=1e-4, atol=1e-4)
+        else:
+            hi = run(name, dyn, x, 80)
+        lo = run(name, dyn, x, 2, rtol=0.5, atol=0.5) if name == "rk45" else run(name, dyn, x, 2)
+        assert torch.isfinite(hi.x).all() and torch.isfinite(lo.x).all(), name
+        d_hi = sliced_wasserstein(hi.x, REF, directions=DIRS)
+        d_lo = sliced_wasserstein(lo.x, REF, directions=DIRS)
+        assert d_hi <= TOL, f"{dyn_name}/{name}: SW2 {d_hi:.4f} at {hi.nfe} NFE > tolerance {TOL:.4f}"
+        if name == "rk45":  # adaptive: a loose tolerance may already be exact enough; it must spend less work
+            assert lo.nfe < hi.nfe
+        else:
+            assert d_lo > d_hi, f"{dyn_name}/{name}: SW2 did not fall with NFE ({d_lo:.4f} at {lo.nfe} -> {d_hi:.4f})"
+
+
+# ---- deterministic convergence against a high-accuracy reference ----------------------------------
+
+def _ode_error(name, dyn, x, steps, x_ref):
+    ts = make_grid("karras", dyn, steps)
+    out = SAMPLERS.get(name)(ExactDenoiser(MIX, dyn), x, ts, denoise_final=False)
+    return float((out.x - x_ref).abs().mean()), out.nfe
+
+
+@pytest.mark.parametrize("dyn_name", ["edm", "vp", "flow"])
+def test_heun_converges_faster_than_euler(dyn_name):
+    dyn = build_dynamics(dyn_name)
+    x = marginal_at_tmax(dyn, 64, seed=3)
+    ref = SAMPLERS.get("rk45")(ExactDenoiser(MIX, dyn), x, make_grid("karras", dyn, 2), rtol=1e-9, atol=1e-9,
+                               denoise_final=False).x
+    e_eu = [_ode_error("euler", dyn, x, s, ref)[0] for s in (16, 32, 64)]
+    e_he = [_ode_error("heun", dyn, x, s, ref)[0] for s in (16, 32, 64)]
+    rate_eu = math.log2(e_eu[1] / e_eu[2])
+    rate_he = math.log2(e_he[1] / e_he[2])
+    assert e_he[2] < e_eu[2] and e_he[2] < e_he[1] < e_he[0]
+    assert rate_he > rate_eu + 0.5, (rate_eu, rate_he)
+    assert rate_he > 1.5  # second order (2 in the limit)
+
+
+@pytest.mark.parametrize("dyn_name", ["vp", "ve", "edm", "flow"])
+def test_dpm_solver_pp_beats_euler_at_20_nfe(dyn_name):
+    dyn = build_dynamics(dyn_name)
+    x = marginal_at_tmax(dyn, 64, seed=4)
+    den = ExactDenoiser(MIX, dyn)
+    ts_ref = make_grid("uniform", dyn, 2)
+    ref = SAMPLERS.get("rk45")(den, x, ts_ref, rtol=1e-9, atol=1e-9).x
+    ts = make_grid("logsnr", dyn, 20)  # DPM-Solver's grid (Lu et al. 2022a, sec. 3.3), the same for both
+    e_dpm = float((SAMPLERS.get("dpm-solver++")(den, x, ts).x - ref).abs().mean())
+    e_eu = float((SAMPLERS.get("euler")(den, x, ts).x - ref).abs().mean())
+    assert e_dpm < e_eu, (e_dpm, e_eu)
+
+
+# ---- no NaN / Inf at any NFE -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dyn_name", DYNAMICS.names())
+def test_finite_at_1_2_3_and_1000_nfe(dyn_name):
+    dyn = build_dynamics(dyn_name)
+    x = dyn.prior_sample((32, 2), torch.Generator().manual_seed(0), dtype=torch.float64)
+    for name in SAMPLERS.names():
+        for nfe in (1, 2, 3):
+            try:
+                out = run(name, dyn, x, nfe)
+            except UserError:
+                assert name == "euler-maruyama" and dyn_name == "flow"
+                continue
+            assert torch.isfinite(out.x).all(), (name, nfe)
+            assert out.nfe <= nfe or name == "rk45", (name, nfe, out.nfe)  # rk45 is adaptive
+    for name in ("dpm-solver++", "heun"):
+        out = run(name, dyn, x, 1000)
+        assert torch.isfinite(out.x).all() and out.nfe <= 1000, name
+
+
+# ---- discrete DDPM against Ho et al. (2020) Algorithm 2 and DDIM eq. 12 ------------------------------
+
+def _ddpm_setup(T=40):
+    dyn = build_dynamics("ddpm", steps=T, schedule="linear", scale=1000 / T)
+    den = ExactDenoiser(MIX, dyn)
+    ab = dyn.alphas_cumprod                                          # alpha_bar_1..T
+
+    def eps_model(x, i):                                             # i: 1-based step
+        t = torch.full((x.shape[0],), i / T, dtype=torch.float64)
+        return eps_from_x0(dyn, x, t, den(x, t))
+    return dyn, den, ab, eps_model
+
+
+def test_ancestral_is_ho_algorithm_2():
+    T = 40
+    dyn, den, ab, eps_model = _ddpm_setup(T)
+    x_T = torch.randn(50, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    # Ho et al. 2020, Algorithm 2 with sigma_t^2 = beta-tilde_t = (1 - ab_{t-1}) / (1 - ab_t) beta_t.
+    g = torch.Generator().manual_seed(11)
+    x = x_T
+    for i in range(T, 0, -1):
+        a_t = ab[i - 1] / (ab[i - 2] if i > 1 else 1.0)
+        beta = 1 - a_t
+        ab_prev = ab[i - 2] if i > 1 else torch.tensor(1.0, dtype=torch.float64)
+        z = torch.randn(x.shape, generator=g, dtype=x.dtype) if i > 1 else torch.zeros_like(x)
+        sigma = torch.sqrt((1 - ab_prev) / (1 - ab[i - 1]) * beta)
+        x = (x - beta / torch.sqrt(1 - ab[i - 1]) * eps_model(x, i)) / torch.sqrt(a_t) + sigma * z
+    out = SAMPLERS.get("ancestral")(den, x_T, make_grid("discrete", dyn, T), generator=torch.Generator().manual_seed(11))
+    assert out.nfe == T
+    torch.testing.assert_close(out.x, x, rtol=1e-9, atol=1e-9)
+
+
+def test_ddim_eta0_is_ddim_eq12_on_respaced_steps():
+    T, S = 40, 8
+    dyn, den, ab, eps_model = _ddpm_setup(T)
+    x_T = torch.randn(50, 2, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    tau = torch.linspace(T - 1, 0, S, dtype=torch.float64).round().long() + 1   # 1-based subsequence, decreasing
+    x = x_T
+    for k, i in enumerate(tau.tolist()):
+        e = eps_model(x, i)
+        x0 = (x - torch.sqrt(1 - ab[i - 1]) * e) / torch.sqrt(ab[i - 1])        # "predicted x0"
+        ab_prev = ab[tau[k + 1] - 1] if k + 1 < S else torch.tensor(1.0, dtype=torch.float64)
+        x = torch.sqrt(ab_prev) * x0 + torch.sqrt(1 - ab_prev) * e             # eq. 12 with sigma = 0
+    out = SAMPLERS.get("ddim")(den, x_T, make_grid("discrete", dyn, S), eta=0.0)
+    torch.testing.assert_close(out.x, x, rtol=1e-9, atol=1e-9)
+
+
+def test_ddim_eta1_equals_ancestral_and_edm_churn0_equals_heun():
+    dyn = build_dynamics("vp")
+    den = ExactDenoiser(MIX, dyn)
+    x = marginal_at_tmax(dyn, 40, seed=1)
+    ts = make_grid("karras", dyn, 12)
+    a = SAMPLERS.get("ancestral")(den, x, ts, generator=torch.Generator().manual_seed(3))
+    d = SAMPLERS.get("ddim")(den, x, ts, generator=torch.Generator().manual_seed(3), eta=1.0)
+    torch.testing.assert_close(a.x, d.x, rtol=1e-10, atol=1e-10)
+    edm_dyn = build_dynamics("edm")
+    den = ExactDenoiser(MIX, edm_dyn)
+    x = marginal_at_tmax(edm_dyn, 40, seed=1)
+    ts = make_grid("karras", edm_dyn, 12)
+    torch.testing.assert_close(SAMPLERS.get("edm")(den, x, ts).x, SAMPLERS.get("heun")(den, x, ts).x,
+                               rtol=1e-12, atol=1e-12)
+
+
+# ---- reproducibility, gradients, NFE accounting -------------------------------------------------------
+
+def test_same_seed_bit_identical_and_per_sample_prior():
+    dyn = build_dynamics("ve")
+    den = ExactDenoiser(MIX, dyn)
+    for name, opts in [("pc", {}), ("edm", {"S_churn": 10.0}), ("ancestral", {}), ("langevin", {"n_steps_each": 3})]:
+        r1 = sample(den, (16, 2), sampler=name, steps=6, seed=3, dtype=torch.float64, **opts)
+        r2 = sample(den, (16, 2), sampler=name, steps=6, seed=3, dtype=torch.float64, **opts)
+        assert torch.equal(r1.x, r2.x), name
+    # sample i's starting noise depends only on seeds[i]
+    a = prior_from_seeds(dyn, (3, 2), [5, 6, 7], dtype=torch.float64)
+    b = prior_from_seeds(dyn, (1, 2), [6], dtype=torch.float64)
+    assert torch.equal(a[1:2], b)
+    assert torch.equal(b, dyn.prior_sample((1, 2), torch.Generator().manual_seed(6), dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", ["ddim", "heun", "dpm-solver++", "ancestral", "edm"])
+def test_three_step_chain_is_differentiable(name):
+    dyn = build_dynamics("vp")
+    den = ExactDenoiser(MIX, dyn)
+    x = marginal_at_tmax(dyn, 3, seed=2).requires_grad_(True)
+    ts = make_grid("karras", dyn, 4)
+    gen = torch.Generator().manual_seed(0)
+    if name == "heun":  # the full Jacobian against finite differences
+        assert torch.autograd.gradcheck(lambda v: SAMPLERS.get(name)(den, v, ts).x, (x,))
+    out = SAMPLERS.get(name)(den, x, ts, generator=gen)
+    (g,) = torch.autograd.grad(out.x.square().sum(), x)
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def test_nfe_counts_match_calls():
+    dyn = build_dynamics("vp")
+    calls = []
+    exact = ExactDenoiser(MIX, dyn)
+
+    class Counted:
+        dynamics = dyn
+
+        def __call__(self, x, t, cond=None):
+            calls.append(1)
+            return exact(x, t)
+
+    x = marginal_at_tmax(dyn, 8, seed=0)
+    ts = make_grid("karras", dyn, 7)
+    expected = {"ancestral": 7, "ddim": 7, "euler": 7, "euler-maruyama": 7, "reverse-diffusion": 7, "dpm-solver++": 7,
+                "heun": 13, "edm": 13, "pc": 14, "langevin": 7 * 3 + 1}
+    for name, nfe in expected.items():
+        calls.clear()
+        opts = {"n_steps_each": 3} if name == "langevin" else {}
+        out = SAMPLERS.get(name)(Counted(), x, ts, generator=torch.Generator().manual_seed(0), **opts)
+        assert out.nfe == nfe == len(calls), name
+        calls.clear()
+        out = SAMPLERS.get(name)(Counted(), x, ts, generator=torch.Generator().manual_seed(0), denoise_final=False, **opts)
+        assert out.nfe == nfe - 1 == len(calls), name
+    calls.clear()
+    out = SAMPLERS.get("rk45")(Counted(), x, ts, rtol=1e-3, atol=1e-3)
+    assert out.nfe == len(calls) and (out.nfe - 3) % 6 == 0
+    for name in SAMPLERS.names():  # the NFE plan keeps every budget
+        for budget in (10, 50):
+            steps, opts = steps_for_nfe(name, budget)
+            if name != "rk45":
+                out = SAMPLERS.get(name)(exact, x, make_grid("karras", dyn, steps),
+                                         generator=torch.Generator().manual_seed(0), **opts)
+                assert out.nfe <= budget, (name, budget, out.nfe)
+
+
+# ---- bring your own denoiser ------------------------------------------------------------------------------
+
+def test_from_eps_model_wraps_a_discrete_eps_network():
+    T = 30
+    table = torch.cumprod(1 - BETA_SCHEDULES.get("cosine")(T), 0)
+    dyn = TabulatedDDPM(table)
+    exact = ExactDenoiser(MIX, dyn)
+    seen = []
+
+    def eps_model(x, k):  # zero-based step index, as diffusers models take it
+        seen.append(k)
+        assert k.dtype == torch.long
+        t = (k + 1).to(torch.float64) / T
+        return eps_from_x0(dyn, x, t, exact(x, t))
+
+    den = from_eps_model(eps_model, table)
+    torch.testing.assert_close(den.dynamics.alphas_cumprod, table)
+    x = torch.randn(20, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for i in (1, 7, T):
+        t = torch.full((20,), i / T, dtype=torch.float64)
+        torch.testing.assert_close(den(x, t), exact(x, t), rtol=1e-10, atol=1e-10)
+        assert int(seen[-1][0]) == i - 1
+    ts = make_grid("discrete", dyn, 10)
+    x = dyn.prior_sample((20, 2), torch.Generator().manual_seed(1), dtype=torch.float64)
+    torch.testing.assert_close(SAMPLERS.get("ddim")(den, x, ts).x, SAMPLERS.get("ddim")(exact, x, ts).x,
+                               rtol=1e-10, atol=1e-10)
+
+
+def test_from_x0_fn_retimes_an_edm_frame_denoiser():
+    fn = lambda x, sigma: MIX.denoise(x, 1.0, sigma)  # noqa: E731  the EDM frame: x = x0 + sigma n
+    den = from_x0_fn(fn)
+    x = torch.randn(10, 2, dtype=torch.float64)
+    t = torch.full((10,), 0.7, dtype=torch.float64)
+    torch.testing.assert_close(den(x, t), ExactDenoiser(MIX, den.dynamics)(x, t))
+    vp = build_dynamics("vp")
+    torch.testing.assert_close(from_x0_fn(fn, vp)(x, t), ExactDenoiser(MIX, vp)(x, t))
+    out = sample(den, (8, 2), sampler="heun", steps=10, seed=0, dtype=torch.float64)
+    assert out.x.shape == (8, 2) and out.nfe == 19
+
+
+# ---- refusals -----------------------------------------------------------------------------------------------
+
+def test_invalid_inputs_are_refused_with_one_line():
+    vp = build_dynamics("vp")
+    den = ExactDenoiser(MIX, vp)
+    x = torch.randn(4, 2, dtype=torch.float64)
+    bad = [
+        lambda: SAMPLERS.get("ancestral")(den, x, torch.tensor([0.5, 0.7, 0.1], dtype=torch.float64)),  # not decreasing
+        lambda: SAMPLERS.get("ddim")(den, x, torch.tensor([2.0, 0.5], dtype=torch.float64)),            # beyond t_max
+        lambda: SAMPLERS.get("euler")(den, x, torch.tensor([[1.0, 0.5]], dtype=torch.float64)),         # not 1-D
+        lambda: SAMPLERS.get("heun")(den, x, make_grid("uniform", vp, 4), eta=0.5),                     # unknown option
+        lambda: SAMPLERS.get("ddim")(den, x, make_grid("uniform", vp, 4), eta=2.0),
+        lambda: SAMPLERS.get("langevin")(den, x, make_grid("logsnr", vp, 4), step_lr=1.0),
+        lambda: SAMPLERS.get("pc")(den, x, make_grid("uniform", vp, 4), predictor="heun"),
+        lambda: SAMPLERS.get("euler-maruyama")(ExactDenoiser(MIX, build_dynamics("flow")), x,
+                                               make_grid("uniform", build_dynamics("flow"), 4)),
+        lambda: sample(den, (4, 2), sampler="ddim", grid="discrete", steps=5),                          # continuous process
+        lambda: sample(ExactDenoiser(MIX, build_dynamics("ncsn")), (4, 2), sampler="ddim", grid="discrete", steps=50),
+    ]
+    for f in bad:
+        with pytest.raises(UserError) as e:
+            f()
+        assert "\n" not in str(e.value)
+    with pytest.raises(UnknownNameError):
+        sample(den, (4, 2), sampler="dpm-solver")
+
+
+# ---- oracle distances and CLI -------------------------------------------------------------------------------
+
+def test_oracle_distances():
+    x = MIX.sample(500, torch.Generator().manual_seed(0))
+    assert sliced_wasserstein(x, x, directions=DIRS) == 0 and mmd_rbf(x, x) == 0
+    shift = torch.tensor([0.3, 0.0], dtype=torch.float64)
+    # Projections shift by <c, theta>: SW2^2 = mean_theta <c, theta>^2 exactly for the same directions.
+    expected = float((DIRS @ shift).pow(2).mean().sqrt())
+    assert sliced_wasserstein(x + shift, x, directions=DIRS) == pytest.approx(expected, rel=1e-10)
+    g = gaussian(3)
+    a, b = g.sample(400, torch.Generator().manual_seed(1)), g.sample(400, torch.Generator().manual_seed(2))
+    assert mmd_rbf(a, b) < mmd_rbf(a, b + 1.0)
+
+
+def test_oracle_cli(tmp_path):
+    from diffatlas.cli import main
+    rc = main(["oracle", "--n", "100", "--nfe", "4,8", "--dynamics", "vp,flow", "--samplers", "heun,euler-maruyama",
+               "--problems", "mixture2d", "--jobs", "1", "--out", str(tmp_path)])
+    assert rc == 0
+    assert (tmp_path / "oracle-mixture2d.png").stat().st_size > 0
+    lines = (tmp_path / "oracle.jsonl").read_text().splitlines()
+    assert len(lines) == 2 * 2 + 2 + 1  # vp: 2 budgets x 2 samplers; flow: heun 2 + euler-maruyama refused once
+    assert main(["oracle", "--samplers", "nope", "--out", str(tmp_path)]) == 2
