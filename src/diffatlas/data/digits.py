@@ -1,8 +1,9 @@
 """scikit-learn's bundled handwritten digits (UCI optdigits test set; Alpaydin & Kaynak 1998).
 
 1,797 grayscale images of 8x8 pixels with values 0..16, 10 classes, no download needed.
-Values map to [-1, 1] as x / 8 - 1. Splits are fixed and need no random numbers:
-"test" is the last 297 images, "train" the first 1,500, "all" all 1,797.
+Values map to [-1, 1] as x / 8 - 1. The images come ordered by writer, so a split by position
+would test on unseen writers only; the fixed split is a permutation drawn once with seed 0:
+"test" is its last 297 images, "train" the other 1,500 (in their original order), "all" all 1,797.
 """
 
 from __future__ import annotations
@@ -32,12 +33,15 @@ def load_digits_dataset(
     images = torch.as_tensor(bunch.images, dtype=torch.float32)  # (1797, 8, 8), values 0..16
     labels = torch.as_tensor(bunch.target, dtype=torch.long)
     n = len(images)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    test = torch.zeros(n, dtype=torch.bool)
+    test[perm[n - NUM_TEST:]] = True
     if split == "train":
-        sl = slice(0, n - NUM_TEST)
+        sl = (~test).nonzero().squeeze(1)
     elif split == "test":
-        sl = slice(n - NUM_TEST, n)
+        sl = test.nonzero().squeeze(1)
     elif split == "all":
-        sl = slice(0, n)
+        sl = torch.arange(n)
     else:
         raise UserError(f"unknown split {split!r} for digits; choose one of: train, test, all")
     x = images[sl].unsqueeze(1) / 8.0 - 1.0  # 0..16 -> [-1, 1]
