@@ -295,9 +295,24 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
     out = tmp_path / "killed"
     rng = random.Random(1234)
     kills = 0
+
+    def progress() -> int:  # snapshots + metric lines written so far
+        runs = out / "runs"
+        if not runs.is_dir():
+            return 0
+        return sum(len(list((rd / "snapshots").glob("snapshot-*"))) if (rd / "snapshots").is_dir() else 0
+                   for rd in runs.iterdir()) + sum(
+            len((rd / "metrics.jsonl").read_text().splitlines()) for rd in runs.iterdir() if (rd / "metrics.jsonl").exists())
+
     for _ in range(6):
-        p = _runner_proc(study, out, workers=2 if kills % 2 else 1)
-        time.sleep(rng.uniform(0.3, 2.0))
+        # Kill at a random moment after the runner has made some progress (however fast the machine):
+        # during training, during evaluation or between runs.
+        before = progress()
+        p = _runner_proc(study, out, workers=2 if kills % 2 else 1, delay=0.05)
+        deadline = time.time() + 60
+        while p.poll() is None and progress() <= before and time.time() < deadline:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.4))
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)  # the runner and its workers, mid-run
             kills += 1

@@ -14,7 +14,8 @@ from .registry import UnknownNameError
 COMMAND_MODULES = [
     "diffatlas.commands",          # train, sample, list, doctor
     "diffatlas.samplers.commands",  # oracle
-    "diffatlas.metrics.commands",   # train-classifier, evaluate
+    "diffatlas.metrics.commands",   # train-classifier, evaluate, curves, sample-size
+    "diffatlas.guidance.commands",  # guidance-sweep
     "diffatlas.study.commands",     # study plan/run/status, report, quickstart
 ]
 

@@ -183,7 +183,8 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, log
         raise UserError(f"train.batch={cfg.train.batch} must be divisible by the number of processes ({world})")
 
     device = pick_device(cfg.train.device, local_rank)
-    if world > 1 and not dist.is_initialized():
+    launched = "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ  # started by torchrun
+    if launched and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
@@ -230,7 +231,7 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, log
         if rank == 0:
             _truncate_stats(run_dir / "stats.jsonl", step)
             log(f"resuming {run_dir} from {snap.name} (kimg {sched.kimg(step):.3f})")
-    if world > 1:
+    if dist.is_initialized():
         dist.barrier()
 
     channels_last = cfg.train.channels_last and len(dataset.shape) == 3
@@ -239,7 +240,7 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, log
     train_net: nn.Module = net
     if cfg.train.compile:
         train_net = torch.compile(train_net)
-    if world > 1:
+    if dist.is_initialized():
         train_net = nn.parallel.DistributedDataParallel(train_net, device_ids=[device.index] if device.type == "cuda" else None)
     denoiser = make_denoiser(cfg, train_net, dynamics)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.train.precision == "bf16" else nullcontext())
@@ -291,7 +292,7 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, log
             bar.update(1)
 
         if step % sched.tick == 0 or step == sched.total:
-            if world > 1:
+            if dist.is_initialized():
                 dist.all_reduce(loss_sum)
                 loss_sum /= world
             now = time.perf_counter()
@@ -319,7 +320,7 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, log
                     {"kimg": sched.kimg(step), "step": step, "images": step * sched.batch})
                 if not cfg.train.keep_snapshots:
                     remove_old_snapshots(run_dir, path)
-            if world > 1:
+            if dist.is_initialized():
                 dist.barrier()
     if bar is not None:
         bar.close()
@@ -329,7 +330,7 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, log
         if cfg.train.doctor:
             record["doctor_ok"] = run_doctor(cfg, ema, dynamics, dataset, run_dir, log)
         atomic_write_text(done_path, json.dumps(record))
-    if world > 1:
+    if dist.is_initialized():
         dist.barrier()
     return record
 
