@@ -306,7 +306,7 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, log
                     bar.set_postfix(kimg=f"{rec['kimg']:.1f}", loss=f"{rec['loss']:.4f}")
                 else:
                     left = (sched.total - step) * (now - tick_start_time) / n_steps
-                    log(f"kimg {rec['kimg']:.1f}/{sched.kimg(sched.total):.1f}  loss {rec['loss']:.4f}  "
+                    log(f"kimg {rec['kimg']:.3f}/{sched.kimg(sched.total):.3f}  loss {rec['loss']:.4f}  "
                         f"{rec['images_per_s']:.0f} img/s  eta {left:.0f}s")
             loss_sum.zero_()
             tick_start_time, tick_start_step = now, step
