@@ -18,7 +18,9 @@ in the scaled frame x_hat = x_t / alpha = x0 + sigma_hat eps is
     D*(x_hat; s) = m + v / (v + s^2) (x_hat - m),       F* = (D* - c_skip x_hat) / c_out,
 
 so F* changes across levels by a computable amount R. The report gives ratio = sqrt(S / R);
-below `threshold` (default 1%) the network is "noise-blind", an error.
+below `threshold` (default 0.5%) the network is "noise-blind", an error. (Measured here: networks
+that cannot see c_noise score < 1e-4; U-Nets trained 30 kimg on digits score about 2%, MLPs on toy data
+about 90%.)
 
 Label sensitivity (conditional networks). At levels around log-SNR 0, where the class decides most of
 the answer, the output is evaluated for every class label with input and level fixed. The reference is
@@ -154,7 +156,7 @@ def _spread(f: Tensor) -> float:
 
 @torch.no_grad()
 def diagnose(denoiser: Denoiser, x: Tensor, *, num_classes: int | None = None, labels: Tensor | None = None,
-             generator: torch.Generator | None = None, levels: int = 8, threshold: float = 0.01,
+             generator: torch.Generator | None = None, levels: int = 8, threshold: float = 0.005,
              batch: int = 256, strict: bool = False) -> DoctorReport:
     """Measure how much a denoiser's network uses its noise level (and class label).
 
@@ -166,7 +168,7 @@ def diagnose(denoiser: Denoiser, x: Tensor, *, num_classes: int | None = None, l
         labels: (N,) optional class labels of x; with them the label reference is class-conditional Gaussians.
         generator: source of the noise and of the levels assigned to each input.
         levels: number K of noise levels compared.
-        threshold: ratio below which the network is flagged (default 0.01: under 1% of the reference).
+        threshold: ratio below which the network is flagged (default 0.005: under 0.5% of the reference).
         batch: network batch size.
         strict: raise DiagnosisError instead of returning a report with problems.
 
@@ -220,7 +222,7 @@ def diagnose(denoiser: Denoiser, x: Tensor, *, num_classes: int | None = None, l
                 if report.output_rms == 0 else f" (output RMS {report.output_rms:.3g})"
             report.problems.append(
                 f"noise-blind: the network output changes by {noise_ratio:.2%} of what the noise level should "
-                f"change it (threshold {threshold:.0%}); it ignores c_noise{zero}")
+                f"change it (threshold {threshold:.1%}); it ignores c_noise{zero}")
 
         if num_classes is not None:
             _label_test(denoiser, report, u, x64, num_classes, labels, ts, batch, threshold)
