@@ -44,6 +44,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shape", default=None, help="with networks: C,H,W to count parameters/FLOPs at (default per preset)")
     p.set_defaults(func=cmd_list)
 
+    p = sub.add_parser("snr-plot", help="plot log-SNR of several dynamics/schedules on one axis")
+    p.add_argument("dynamics", nargs="+", metavar="NAME[:KEY=VALUE,...]",
+                   help="e.g. ddpm ddpm:schedule=cosine ncsn ve vp:beta_max=10")
+    p.add_argument("--x", choices=["t", "fraction"], default="t",
+                   help="normalized time, or fraction of sampling steps of each one's default grid")
+    p.add_argument("--out", default="log-snr.png")
+    p.set_defaults(func=cmd_snr_plot)
+
     p = sub.add_parser("doctor", help="check that a run's network uses its noise level (and class label)")
     p.add_argument("run", help="run directory")
     p.add_argument("--snapshot", default="last")
@@ -180,6 +188,32 @@ def _list_networks(shape_arg: str | None) -> None:
             print(f"  {r['name']:<16} {r['family']:<12} {shp:<12} {'-':>12} {'-':>11}  {r['description']}")
             continue
         print(f"  {r['name']:<16} {r['family']:<12} {shp:<12} {r['params']:>12,} {r['flops'] / 1e9:>11.3f}  {r['description']}")
+
+
+def cmd_snr_plot(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .config import _call_defaults
+    from .dynamics import DYNAMICS
+    from .dynamics.plot import plot_log_snr
+
+    procs = {}
+    for spec in args.dynamics:
+        name, _, opts = spec.partition(":")
+        given = {}
+        for item in filter(None, opts.split(",")):
+            if "=" not in item:
+                raise UserError(f"{spec!r}: options must be KEY=VALUE, e.g. ddpm:schedule=cosine")
+            k, v = item.split("=", 1)
+            given[k] = yaml.safe_load(v)
+        cls = DYNAMICS.get(name)
+        try:
+            procs[spec] = cls(**_call_defaults(cls.__init__, given, f"dynamics {name}"))
+        except (TypeError, ValueError) as e:
+            raise UserError(f"{spec}: {e}") from None
+    out = plot_log_snr(procs, args.out, x=args.x)
+    print(f"log-SNR of {', '.join(procs)} against {'normalized time' if args.x == 't' else 'fraction of sampling steps'}: {out}")
+    return 0
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

@@ -25,23 +25,16 @@ DEFAULT_CONTINUOUS_STEPS = 50
 def default_sampling(dynamics: Dynamics, sampler: str = "auto", grid: str = "auto", steps: int = 0) -> tuple[str, str, int]:
     """Resolve 'auto' choices: a discrete process samples ancestrally on its own steps; a continuous
     one with Heun's method on the Karras grid (Karras et al. 2022)."""
+    from .samplers import default_grid
+
     discrete = dynamics.steps is not None
     if sampler == "auto":
         sampler = "ancestral" if discrete else "heun"
     if grid == "auto":
-        grid = "discrete" if discrete else "karras"
+        grid = default_grid(dynamics, steps if steps > 0 else None, sampler)
     if steps <= 0:
         steps = dynamics.steps if (discrete and grid == "discrete") else DEFAULT_CONTINUOUS_STEPS
     return sampler, grid, steps
-
-
-def per_sample_noise(shape: tuple[int, ...], seeds: list[int], *, std: float = 1.0, device="cpu",
-                     dtype=torch.float32) -> Tensor:
-    """Noise whose i-th sample depends only on seeds[i]: shape (len(seeds), *shape)."""
-    out = torch.empty((len(seeds),) + tuple(shape), dtype=dtype)
-    for i, s in enumerate(seeds):
-        out[i] = torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(s)), dtype=dtype)
-    return (std * out).to(device)
 
 
 @dataclass
@@ -102,6 +95,7 @@ def generate(denoiser, shape: tuple[int, ...], seeds: list[int], *, sampler: str
     """Samples (len(seeds), *shape) with per-sample seeds; sample i uses seeds[i] for its prior draw and
     its sampler noise, so results do not depend on the batch size. Returns (samples, NFE per sample)."""
     from .samplers import SAMPLERS
+    from .samplers.api import prior_from_seeds
     from .schedules import make_grid
 
     fn = SAMPLERS.get(sampler)
@@ -113,7 +107,7 @@ def generate(denoiser, shape: tuple[int, ...], seeds: list[int], *, sampler: str
     outs, nfe = [], 0
     for start in range(0, len(seeds), batch):
         chunk = seeds[start:start + batch]
-        x = per_sample_noise(shape, chunk, std=dyn.prior_std(), device=device)
+        x = prior_from_seeds(dyn, (len(chunk),) + tuple(shape), chunk, device=device)
         gen = torch.Generator(device=device).manual_seed(int(chunk[0]) * 1_000_003 + len(chunk))
         c = cond[start:start + batch].to(device) if cond is not None else None
         with torch.no_grad():

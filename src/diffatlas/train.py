@@ -117,6 +117,13 @@ class Schedule:
     def kimg(self, step: int) -> float:
         return step * self.batch / 1000
 
+    def is_snapshot(self, step: int) -> bool:
+        """Every `snapshot` steps and at the end; a periodic snapshot closer than half an interval to
+        the end is left to the final one (it would only repeat it)."""
+        if step == self.total:
+            return True
+        return step % self.snapshot == 0 and self.total - step >= self.snapshot / 2
+
 
 def _check_run_dir(run_dir: Path, cfg: Config) -> None:
     path = run_dir / "config.yaml"
@@ -311,7 +318,7 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, log
             loss_sum.zero_()
             tick_start_time, tick_start_step = now, step
 
-        if step % sched.snapshot == 0 or step == sched.total:
+        if sched.is_snapshot(step):
             if rank == 0:
                 path = save_snapshot(
                     run_dir, sched.kimg(step), {"model": net.state_dict(), "ema": ema.state_dict()},

@@ -28,12 +28,14 @@ seeds: [0, 1]
 budget_kimg: 24
 evaluation:
   metrics: [fid, is]
-  n: 500
+  n: 1000
   every_kimg: 6
   extractor: classifier
+  # Both samplers on the processes' own discrete steps, respaced to 10 (NCSN's 10 levels exactly),
+  # so every network is only ever evaluated at noise levels it was trained on.
   samplers:
-    - {sampler: ancestral, steps: 50}
-    - {sampler: ddim, steps: 20}
+    - {sampler: ancestral, steps: 10}
+    - {sampler: ddim, steps: 10}
 """
 
 
