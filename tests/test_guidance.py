@@ -326,7 +326,13 @@ def test_classifier_guidance_raises_class_accuracy_on_digits(tmp_path: Path) -> 
                               dataset="digits")
     rows = guidance_sweep(run, "classifier", [0, 10], n_per_class=10, extractor=ext, classifier_dir=tmp_path / "clf",
                           sampler="ddim", steps=50, out_dir=tmp_path / "sweep", log=None)
+    # the "misguided" control: the same guidance by an untrained classifier of the same architecture
+    misguided = guidance_sweep(run, "classifier", [0, 10], n_per_class=10, extractor=ext, classifier_dir="untrained:0",
+                               sampler="ddim", steps=50, out_dir=tmp_path / "misguided", log=None)
     wall = time.perf_counter() - start
     print(f"slow guidance test: {wall:.0f} s; class accuracy {rows[0]['class_accuracy']:.3f} -> "
-          f"{rows[1]['class_accuracy']:.3f}; noisy classifier {info['accuracy_by_level'][0]['accuracy']:.3f} at low noise")
+          f"{rows[1]['class_accuracy']:.3f} (untrained classifier: -> {misguided[1]['class_accuracy']:.3f}); "
+          f"noisy classifier {info['accuracy_by_level'][0]['accuracy']:.3f} at low noise")
     assert rows[1]["class_accuracy"] > rows[0]["class_accuracy"] + 0.2
+    assert misguided[0]["class_accuracy"] == rows[0]["class_accuracy"]  # scale 0: the same samples
+    assert misguided[1]["class_accuracy"] < misguided[0]["class_accuracy"] + 0.1  # no real rise without a real classifier

@@ -151,6 +151,16 @@ def environment(device: torch.device, cfg: Config, world: int) -> dict[str, Any]
     return env
 
 
+def describe_network(cfg: Config, net: nn.Module, shape) -> dict[str, Any]:
+    """The network as built for this run's data: preset, resolved architecture, size and cost."""
+    from .networks import PRESETS, count_flops, count_parameters
+
+    return {"preset": cfg.network.preset, "family": PRESETS.get(cfg.network.preset).family,
+            "architecture": getattr(net, "config", None), "overrides": cfg.network.options,
+            "shape": list(shape), "params": count_parameters(net),
+            "forward_flops_per_sample": count_flops(net, shape, cond=cfg.network.conditional)}
+
+
 def _peak_mem_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -216,6 +226,9 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, log
     dynamics = make_dynamics(cfg)
     net = make_network(cfg, dataset.shape, dataset.num_classes).to(device)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
+    if rank == 0:
+        atomic_write_text(run_dir / "network.json", json.dumps(describe_network(cfg, net, dataset.shape), indent=1,
+                                                                 default=str))
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.train.lr, betas=cfg.train.betas,
                             weight_decay=cfg.train.weight_decay, fused=device.type == "cuda")
     sampler = EpochSampler(len(dataset), cfg.train.seed)
