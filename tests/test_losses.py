@@ -44,13 +44,7 @@ class ExactNetwork(nn.Module):
         return ((d - c_skip * x_hat) / c_out).to(u.dtype)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP spin-waiting on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.py
 
 
 def exact_denoiser(mixture, dyn, param, **kw) -> Denoiser:

@@ -26,13 +26,7 @@ SMALL_PRESETS = [n for n in PRESETS.names() if n.endswith(("-xs", "-s")) and n !
 IMAGE_SHAPES = [(1, 8, 8), (1, 32, 32), (3, 32, 32)]  # digits, 28x28 padded to 32, CIFAR-like
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: one intra-op thread avoids oversubscription on small machines.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.py
 
 
 def _perturb(net: torch.nn.Module, seed: int = 0, std: float = 0.05) -> None:

@@ -21,13 +21,7 @@ from diffatlas.schedules import BETA_SCHEDULES, make_grid
 MIX = standard_mixture(2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: one thread avoids the synchronisation overhead of two
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see conftest.py
 
 
 def marginal_at_tmax(dyn, n: int, seed: int) -> torch.Tensor:

@@ -8,7 +8,6 @@ import math
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from diffatlas.errors import UserError
 from diffatlas.study import statistics as S
 from diffatlas.study.convergence import convergence_across_seeds, convergence_point, plateau_value
 from diffatlas.study.ledger import Ledger
-from diffatlas.study.runner import Runner, Task, worker_loop
+from diffatlas.study.runner import Runner, Task
 from diffatlas.study.spec import load_study, run_id, study_from_dict
 
 HERE = Path(__file__).resolve().parent

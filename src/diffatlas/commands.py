@@ -106,7 +106,6 @@ def _parse_options(items: list[str]) -> dict:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
-    import torch
 
     from .checkpoint import atomic_write_text
     from .sampling import load_run, sample_run, save_image_grid

@@ -232,16 +232,24 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def read_yaml(path: str | Path) -> dict:
+def parse_yaml_file(path: str | Path, what: str = "config file") -> Any:
+    """A YAML file's content; a missing, non-text or malformed file is a one-line UserError."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"config file {str(p)!r} does not exist")
+        raise UserError(f"{what} {str(p)!r} does not exist")
     try:
-        data = yaml.safe_load(p.read_text())
+        return yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"config file {str(p)!r} does not parse as YAML{where}") from None
+        raise UserError(f"{what} {str(p)!r} does not parse as YAML{where}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{what} {str(p)!r} is not a text file") from None
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    data = parse_yaml_file(p)
     if data is not None and not isinstance(data, dict):
         raise UserError(f"config file {str(p)!r} must hold a mapping of sections ({', '.join(SECTIONS)})")
     return data or {}

@@ -249,21 +249,9 @@ def entry_key(entry: dict[str, Any]) -> tuple:
 def read_metrics(run_dir: str | Path, *, dedupe: bool = True) -> list[dict[str, Any]]:
     """Entries of RUN/metrics.jsonl in file order; a torn last line is skipped; with dedupe, one entry
     per :func:`entry_key`, the last written winning (kept at its first position)."""
-    path = Path(run_dir) / METRICS_FILE
-    if not path.is_file():
-        return []
-    entries: list[dict[str, Any]] = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(d, dict) and "metric" in d and "kimg" in d:
-                entries.append(d)
+    from .checkpoint import read_jsonl
+
+    entries = [d for d in read_jsonl(Path(run_dir) / METRICS_FILE) if "metric" in d and "kimg" in d]
     if not dedupe:
         return entries
     by: dict[tuple, dict[str, Any]] = {}

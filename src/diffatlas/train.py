@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from . import __version__
 from .checkpoint import (append_line, atomic_write_text, list_snapshots, load_meta, load_state, load_weights,
-                         remove_old_snapshots, save_snapshot)
+                         read_jsonl, remove_old_snapshots, save_snapshot)
 from .config import Config, dump_yaml, resolve, to_dict
 from .errors import UserError
 from .losses import denoising_loss
@@ -171,14 +171,8 @@ def _truncate_stats(path: Path, step: int) -> None:
     """Drop ticks logged after the snapshot being resumed (they will be replayed)."""
     if not path.exists():
         return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                keep.append(line)
-        except (json.JSONDecodeError, KeyError):
-            continue  # a line torn by a kill
-    atomic_write_text(path, "".join(l + "\n" for l in keep))
+    keep = [json.dumps(d) for d in read_jsonl(path) if d.get("step", step + 1) <= step]
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
 def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, log=print) -> dict[str, Any]:

@@ -13,9 +13,8 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-from .. import config as C
 from ..errors import UserError
 from .spec import RunSpec, Study, short_key
 from .status import format_duration

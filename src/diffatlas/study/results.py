@@ -3,33 +3,15 @@ records for statistics and reports."""
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
 
+from ..checkpoint import read_jsonl
 from ..errors import UserError
 from .convergence import convergence_point
 from .ledger import Ledger, RunRow
 from .statistics import EVAL_KEY
-
-
-def read_jsonl(path: Path) -> Iterator[dict]:
-    """Lines of a JSON-lines file; a torn last line (a kill mid-write) is skipped."""
-    if not path.is_file():
-        return
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(d, dict):
-                yield d
 
 
 def eval_label(entry: dict) -> str:

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import yaml
 
 from .. import config as C
 from ..errors import UserError
@@ -366,17 +365,10 @@ def study_from_dict(d: Any, source: str | None = None, base_dir: Path | None = N
 
 def load_study(path: str | Path) -> Study:
     """Read and validate a study file (YAML). Touches nothing on disk besides reading."""
+    from ..config import parse_yaml_file
+
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"study file {str(p)!r} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"study file {str(p)!r} does not parse as YAML{where}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"study file {str(p)!r} is not a text file") from None
+    data = parse_yaml_file(p, "study file")
     return study_from_dict(data, source=str(p), base_dir=p.parent)
 
 
