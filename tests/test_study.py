@@ -331,7 +331,8 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
 def test_two_concurrent_runners_never_share_a_run(tmp_path):
     study = _write_study(tmp_path)
     out = tmp_path / "out"
-    procs = [_runner_proc(study, out, workers=1, delay=0.03) for _ in range(2)]
+    # each run lasts ~1 s, far longer than a runner takes to start, so both runners get work
+    procs = [_runner_proc(study, out, workers=1, delay=0.15) for _ in range(2)]
     logs = [p.communicate(timeout=120) for p in procs]
     for p, (o, e) in zip(procs, logs):
         assert p.returncode == 0, e.decode()[-2000:]
