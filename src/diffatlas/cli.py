@@ -1,5 +1,7 @@
-"""The `diffatlas` command. Each subcommand lives beside the code it drives and registers
-itself through an `add_commands(subparsers)` function listed in COMMAND_MODULES."""
+"""diffatlas: controlled, reproducible comparative studies of diffusion models.
+
+Each subcommand lives beside the code it drives and registers itself through an
+`add_commands(subparsers)` function of a module listed in COMMAND_MODULES."""
 
 from __future__ import annotations
 
