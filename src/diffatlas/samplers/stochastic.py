@@ -172,11 +172,13 @@ def euler_maruyama(denoiser: Any, x: Tensor, ts: Tensor, *, generator: torch.Gen
     """Euler-Maruyama on dx = [f x - g^2 score] dt + g dw-bar, score = (alpha D - x) / sigma^2.
     Refused (UserError) where f or g^2 is infinite on the grid (rectified flow at t = 1). NFE = steps."""
     reject_unknown("euler-maruyama", options, "no options")
-    model, c = prepare(denoiser, x, ts, cond)
-    _check_sde_coefficients(c, "euler-maruyama")
-    for i in range(len(c.t) - 1):
-        x = euler_maruyama_step(model, x, c, i, generator)
-    return finish(model, x, c.t[-1], denoise_final)
+
+    def step(model, x, c, i, g):
+        if i == 0:
+            _check_sde_coefficients(c, "euler-maruyama")
+        return euler_maruyama_step(model, x, c, i, g)
+
+    return _walk(step, denoiser, x, ts, generator, cond, denoise_final)
 
 
 @register_sampler("reverse-diffusion", "reverse-diffusion predictor of the process's discretization (Song et al. 2021, eq. 47)",
