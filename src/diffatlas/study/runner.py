@@ -25,6 +25,7 @@ from typing import Any, Callable
 import yaml
 
 from .. import config as C
+from ..checkpoint import atomic_write_text
 from ..errors import UserError, one_line
 from .ledger import Ledger, RunRow, worker_name
 from .spec import Evaluation, Study
@@ -86,10 +87,8 @@ def prepare(study: Study, out: Path, resolve: Callable[[Any], Any] | None = None
     out.mkdir(parents=True, exist_ok=True)
     (out / "runs").mkdir(exist_ok=True)
     text = yaml.safe_dump(study.raw, sort_keys=False) if study.raw else ""
-    if text:
-        tmp = out / ".study.yaml.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / "study.yaml")
+    if text:  # a temporary file of its own per writer: runners may start side by side
+        atomic_write_text(out / "study.yaml", text)
     ledger = Ledger(out / "ledger.sqlite", max_attempts=study.max_attempts, stale_after=stale_after)
     ledger.sync(runs, out / "runs")
     ledger.set_meta("study_name", study.name)
