@@ -10,6 +10,11 @@ For each case it measures, in one run on one device:
     python benchmarks/bench_networks.py --presets unet-xs:1x8x8:64 --steps 30
     python benchmarks/bench_networks.py --all-presets --shape 1x8x8 --batch 64
     python benchmarks/bench_networks.py --device cuda --bf16 --channels-last --compile
+    python benchmarks/bench_networks.py --device cuda --bf16 --channels-last --profile 20   # + top kernels per model
+
+The optimizer is the training loop's (`diffatlas train`): AdamW with the fused single-kernel
+update (`--optimizer fused`); `--optimizer adam` is a plain `torch.optim.Adam` with its
+defaults (per-tensor loop on the CPU, foreach on CUDA), as older figures used.
 
 diffusers is optional; its rows are skipped with a message when it is not installed.
 """
@@ -81,7 +86,7 @@ class Runner:
     """Holds one model, its inputs and optimizer; times train steps and eval forwards on demand."""
 
     def __init__(self, call: Callable, model: nn.Module, shape: tuple[int, ...], batch: int,
-                 device: torch.device, bf16: bool, channels_last: bool) -> None:
+                 device: torch.device, bf16: bool, channels_last: bool, optimizer: str = "fused") -> None:
         g = torch.Generator(device="cpu").manual_seed(0)
         self.x = torch.randn((batch, *shape), generator=g).to(device)
         self.target = torch.randn((batch, *shape), generator=g).to(device)
@@ -89,7 +94,10 @@ class Runner:
         if channels_last and self.x.ndim == 4:
             self.x = self.x.to(memory_format=torch.channels_last)
         self.call, self.model, self.batch, self.device, self.bf16 = call, model, batch, device, bf16
-        self.opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        if optimizer == "fused":
+            self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+        else:
+            self.opt = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def _amp(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
@@ -118,6 +126,22 @@ class Runner:
         return self.batch * steps / (time.perf_counter() - t0)
 
 
+def profile_table(runner: Runner, rows: int, steps: int = 3) -> str:
+    """Operators of `steps` training steps, by self time on the device (CPU time on the CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    runner.model.train(True)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if runner.device.type == "cuda" else [])
+    runner._train_step()
+    _sync(runner.device)
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            runner._train_step()
+        _sync(runner.device)
+    key = "self_cuda_time_total" if runner.device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60)
+
+
 def flops_of(call: Callable, model: nn.Module, shape: tuple[int, ...], device: torch.device) -> int:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
@@ -143,6 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--compile", action="store_true", help="torch.compile both models")
+    ap.add_argument("--compile-mode", default="default",
+                    help="torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune, ...")
+    ap.add_argument("--optimizer", choices=("fused", "adam"), default="fused",
+                    help="fused: AdamW(fused=True), the training loop's; adam: torch.optim.Adam defaults")
+    ap.add_argument("--cudnn-benchmark", choices=("on", "off"), default="on",
+                    help="let cuDNN time its algorithms for each shape (the training loop turns it on)")
+    ap.add_argument("--no-forward", action="store_true", help="time training steps only")
+    ap.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                    help="after timing, print the top ROWS operators of 3 training steps per model")
     ap.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=3, help="alternating timing rounds; the best is kept")
@@ -158,10 +191,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark == "on"
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     print(machine_line(device))
-    print(f"device {device}; bf16 {args.bf16}; channels_last {args.channels_last}; compile {args.compile}; "
+    compiled = f"{args.compile} (mode {args.compile_mode})" if args.compile else "False"
+    print(f"device {device}; bf16 {args.bf16}; channels_last {args.channels_last}; compile {compiled}; "
+          f"optimizer {args.optimizer}; cudnn.benchmark {args.cudnn_benchmark}; "
           f"steps {args.steps} x {args.rounds} rounds (+{args.warmup} warm-up)")
 
     head = f"{'preset':<15} {'shape':<9} {'batch':>5} {'impl':<10} {'params':>11} {'fwd GFLOP/img':>13} " \
@@ -179,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             call = model
         flops = flops_of(call, model, shape, device)
-        timed = torch.compile(call) if args.compile else call
-        return Runner(timed, model, shape, batch, device, args.bf16, args.channels_last), flops
+        timed = torch.compile(call, mode=args.compile_mode) if args.compile else call
+        return Runner(timed, model, shape, batch, device, args.bf16, args.channels_last, args.optimizer), flops
 
     def compare(name: str, shape, batch, models: dict[str, nn.Module]) -> None:
         """Time the models in alternation for --rounds rounds and keep each one's best throughput,
@@ -191,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             for impl, (runner, _) in runners.items():
                 warm = args.warmup if r == 0 else 1
                 best[impl][0] = max(best[impl][0], runner.images_per_s(True, args.steps, warm))
-                best[impl][1] = max(best[impl][1], runner.images_per_s(False, args.steps, warm))
+                if not args.no_forward:
+                    best[impl][1] = max(best[impl][1], runner.images_per_s(False, args.steps, warm))
         base = best["diffusers"][0] if "diffusers" in best else None
         for impl, (runner, flops) in runners.items():
             train_ips, fwd_ips = best[impl]
@@ -199,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<15} {'x'.join(map(str, shape)):<9} {batch:>5} {impl:<10} "
                   f"{count_parameters(runner.model):>11,} {flops / 1e9:>13.4f} {train_ips:>11.1f} "
                   f"{fwd_ips:>10.1f} {flops * fwd_ips / 1e9:>11.2f} {ratio:>7}")
+        for impl, (runner, _) in runners.items():
+            if args.profile:
+                print(f"\n{name} {impl}: top {args.profile} operators over 3 training steps")
+                print(profile_table(runner, args.profile))
 
     for case in args.presets.split(","):
         name, shape, batch = parse_case(case.strip(), args.shape, args.batch)

@@ -98,6 +98,42 @@ class ClassEmbedding(nn.Module):
         return self.table(cond)
 
 
+class ChannelLinear(nn.Linear):
+    """A 1x1 convolution written as a matrix product over the channel axis:
+    (N, C_in, H, W) -> (N, C_out, H, W), the same function and parameter count as
+    ``nn.Conv2d(C_in, C_out, 1)`` (the weight is stored (C_out, C_in), as a Linear's).
+
+    On a channels_last tensor the channels are already the innermost axis, so the layer is one
+    GEMM over N*H*W rows with no copy; that is cheaper than the convolution path on the small
+    feature maps of a U-Net (on CPU about a third less per call, forward + backward, at 4x4-8x8).
+    Other layouts go through ``conv2d`` with a 1x1 view of the weight.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.is_contiguous(memory_format=torch.channels_last):
+            return F.linear(x.permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)
+        return F.conv2d(x, self.weight[:, :, None, None], self.bias)
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` (keep each element with probability 1 - p, scale kept ones by 1 / (1 - p)).
+
+    On the CPU the mask is drawn as ``rand >= p`` rather than with ``bernoulli_``: the same
+    distribution (to the 2^-24 resolution of a float32 uniform) at about 60% of the cost,
+    forward + backward; dropout was ~8% of a small U-Net's CPU training step. Elsewhere (CUDA's fused kernel, torch.compile's
+    generated code) it is ``nn.Dropout`` unchanged.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (not self.training or self.p == 0.0 or self.inplace or x.device.type != "cpu"
+                or torch.compiler.is_compiling()):
+            return super().forward(x)
+        # 1 / (1 - p) where u >= p, else 0, built in place in one float32 buffer (float32 even for
+        # bf16 input, so that P(keep) = 1 - p is not rounded to a bf16 grid).
+        mask = torch.rand_like(x, dtype=torch.float32).ge_(self.p).mul_(1.0 / (1.0 - self.p))
+        return x * mask.to(x.dtype)
+
+
 class ResBlock(nn.Module):
     """DDPM residual block (Ho et al. 2020, Appendix B; the Wide-ResNet block of Zagoruyko & Komodakis 2016):
 
@@ -105,7 +141,7 @@ class ResBlock(nn.Module):
         h = h + W e                                  (additive, Ho et al.)     or
         h = GN(h) * (1 + scale) + shift, (scale, shift) = W e    (scale_shift=True; Dhariwal & Nichol 2021)
         h = conv2(dropout(SiLU(GN(h))))              conv2 zero-initialised (Ho et al.)
-        out = skip(x) + h                            skip = 1x1 conv when channels change
+        out = skip(x) + h                            skip = 1x1 conv (ChannelLinear) when channels change
 
     `e_act` is SiLU(embedding), shape (N, E), computed once by the network for all blocks.
     Input (N, C_in, H, W) -> output (N, C_out, H, W).
@@ -120,9 +156,9 @@ class ResBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb = nn.Linear(emb_dim, out_ch * (2 if scale_shift else 1))
         self.norm2 = nn.GroupNorm(num_groups(out_ch), out_ch)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.conv2 = zero_(nn.Conv2d(out_ch, out_ch, 3, padding=1))
-        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        self.skip = ChannelLinear(in_ch, out_ch) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: Tensor, e_act: Tensor) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
@@ -138,8 +174,10 @@ class ResBlock(nn.Module):
 
 class AttnBlock(nn.Module):
     """Spatial self-attention with a residual (Ho et al. 2020 at 16x16; Vaswani et al. 2017, eq. 1):
-    out = x + proj(softmax(q k^T / sqrt(d)) v), q, k, v = 1x1 convs of GN(x); proj zero-initialised.
-    Uses `scaled_dot_product_attention`. Input and output (N, C, H, W)."""
+    out = x + proj(softmax(q k^T / sqrt(d)) v), q, k, v = per-pixel linear maps (1x1 convs) of GN(x);
+    proj zero-initialised. The H*W pixels are the tokens: on a channels_last input they are a view,
+    q, k and v come from one GEMM and reach `scaled_dot_product_attention` with the head width
+    innermost, as its fused kernels want. Input and output (N, C, H, W)."""
 
     def __init__(self, channels: int, heads: int = 1) -> None:
         super().__init__()
@@ -147,17 +185,17 @@ class AttnBlock(nn.Module):
             raise ValueError(f"{channels} channels do not split into {heads} heads")
         self.heads = heads
         self.norm = nn.GroupNorm(num_groups(channels), channels)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = zero_(nn.Conv2d(channels, channels, 1))
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.proj = zero_(nn.Linear(channels, channels))
 
     def forward(self, x: Tensor, e_act: Tensor | None = None) -> Tensor:
         n, c, hh, ww = x.shape
         d = c // self.heads
-        qkv = self.qkv(self.norm(x)).reshape(n, 3, self.heads, d, hh * ww)
-        q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (N, heads, HW, d)
-        a = F.scaled_dot_product_attention(q, k, v)  # (N, heads, HW, d)
-        a = a.transpose(-1, -2).reshape(n, c, hh, ww)
-        return x + self.proj(a)
+        tokens = self.norm(x).permute(0, 2, 3, 1).reshape(n, hh * ww, c)  # (N, L, C); a view if channels_last
+        q, k, v = self.qkv(tokens).view(n, hh * ww, 3, self.heads, d).permute(2, 0, 3, 1, 4).unbind(0)
+        a = F.scaled_dot_product_attention(q, k, v)  # (N, heads, L, d)
+        a = self.proj(a.transpose(1, 2).reshape(n, hh * ww, c))
+        return x + a.view(n, hh, ww, c).permute(0, 3, 1, 2)
 
 
 class Downsample(nn.Module):

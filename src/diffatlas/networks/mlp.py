@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UserError
-from .layers import ClassEmbedding, NoiseEmbedding
+from .layers import ClassEmbedding, Dropout, NoiseEmbedding
 
 
 class _MLPBlock(nn.Module):
@@ -28,7 +28,7 @@ class _MLPBlock(nn.Module):
         self.mod = nn.Linear(emb_dim, 2 * width)
         self.fc1 = nn.Linear(width, 2 * width)
         self.fc2 = nn.Linear(2 * width, width)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, h: Tensor, e_act: Tensor) -> Tensor:
         scale, shift = self.mod(e_act).chunk(2, dim=1)

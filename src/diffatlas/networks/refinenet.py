@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layers import ClassEmbedding, NoiseEmbedding
+from .layers import ChannelLinear, ClassEmbedding, NoiseEmbedding
 from .unet import _square_image
 
 _EPS = 1e-5
@@ -110,7 +110,7 @@ class _ResidualBlock(nn.Module):
             if down:
                 self.shortcut = _conv3(cin, cout, dilation)
             else:
-                self.shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+                self.shortcut = ChannelLinear(cin, cout) if cin != cout else nn.Identity()
 
     def forward(self, x: Tensor, e: Tensor | None) -> Tensor:
         h = self.conv1(F.elu(self.norm1(x, e)))
