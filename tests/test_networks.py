@@ -17,7 +17,7 @@ from diffatlas.networks import (
     count_parameters,
     describe_presets,
 )
-from diffatlas.networks.layers import FourierFeatures
+from diffatlas.networks.layers import AttnBlock, ChannelLinear, Dropout, FourierFeatures, upsample_nearest2x
 from diffatlas.networks.refinenet import InstanceNormPP
 from diffatlas.registry import UnknownNameError
 
@@ -269,6 +269,86 @@ def test_channels_last_and_bf16_autocast():
         out_bf = net(x, c)
     assert torch.isfinite(out_bf).all()
     assert (out_bf.float() - ref).norm() / ref.norm() < 0.1
+
+
+# ---- the fast forms of 1x1 maps, attention, upsampling and dropout compute the textbook function ----
+def _both_layouts(x: torch.Tensor):
+    return [("contiguous", x.contiguous()), ("channels_last", x.contiguous(memory_format=torch.channels_last))]
+
+
+def test_channel_linear_is_a_1x1_convolution():
+    g = torch.Generator().manual_seed(0)
+    lin = ChannelLinear(6, 5).double()
+    x = torch.randn(3, 6, 4, 5, generator=g, dtype=torch.float64)
+    ref = F.conv2d(x, lin.weight[:, :, None, None], lin.bias)
+    for name, xx in _both_layouts(x):
+        out = lin(xx)
+        torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12, msg=name)
+        if name == "channels_last":
+            assert out.is_contiguous(memory_format=torch.channels_last)  # stays in the network's layout
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_attention_block_matches_softmax_attention(heads):
+    """out = x + W_o softmax(q k^T / sqrt(d)) v per head, tokens = pixels, from the formula in float64."""
+    g = torch.Generator().manual_seed(heads)
+    blk = AttnBlock(8, heads).double()
+    with torch.no_grad():
+        for p in blk.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.3)
+    x = torch.randn(2, 8, 3, 4, generator=g, dtype=torch.float64)
+    n, c, hh, ww = x.shape
+    d = c // heads
+    tok = blk.norm(x).flatten(2).transpose(1, 2)  # (N, L, C)
+    q, k, v = (tok @ blk.qkv.weight.T + blk.qkv.bias).split(c, dim=2)
+    out = []
+    for h in range(heads):
+        sl = slice(h * d, (h + 1) * d)
+        w = torch.softmax(q[..., sl] @ k[..., sl].transpose(1, 2) / math.sqrt(d), dim=-1)
+        out.append(w @ v[..., sl])
+    a = torch.cat(out, dim=2) @ blk.proj.weight.T + blk.proj.bias
+    ref = x + a.transpose(1, 2).reshape(n, c, hh, ww)
+    for name, xx in _both_layouts(x):
+        torch.testing.assert_close(blk(xx), ref, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_upsample_is_nearest_interpolation():
+    x = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    grad = torch.randn(2, 3, 8, 10, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for name, xx in _both_layouts(x):
+        xx = xx.detach().requires_grad_()
+        ref = F.interpolate(xx, scale_factor=2.0, mode="nearest")
+        out = upsample_nearest2x(xx)
+        assert torch.equal(out, ref), name
+        assert out.is_contiguous(memory_format=torch.channels_last) == (name == "channels_last")
+        (g_ref,) = torch.autograd.grad(ref, xx, grad)
+        (g_out,) = torch.autograd.grad(out, xx, grad)
+        torch.testing.assert_close(g_out, g_ref, rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_dropout_keeps_one_minus_p_and_rescales():
+    p, n = 0.1, 400_000
+    drop = Dropout(p).train()
+    torch.manual_seed(0)
+    x = torch.full((4, 10, 100, 100), 2.0).contiguous(memory_format=torch.channels_last)
+    y = drop(x)
+    kept = y != 0
+    frac = kept.double().mean().item()
+    assert abs(frac - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)  # 5 standard errors
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 2.0 / (1 - p)))
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    # the mask is drawn from the global generator: reseeding repeats it
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), y)
+    # the gradient is the same mask, rescaled
+    xr = x.clone().requires_grad_()
+    torch.manual_seed(0)
+    drop(xr).sum().backward()
+    torch.testing.assert_close(xr.grad, (y / 2.0))
+    # bf16 stays bf16; eval mode and p = 0 are the identity
+    assert drop(x.bfloat16()).dtype == torch.bfloat16
+    assert torch.equal(drop.eval()(x), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)
 
 
 # ---- a short training run lowers a denoising loss ------------------------------------------------

@@ -131,6 +131,14 @@ def test_bad_inputs_are_one_line_and_exit_2(reference_run: Path, tmp_path: Path,
     assert "ddpm" in err
     err = _run_cli_error(["train", "train.batch=many", "--dry-run"], capsys)
     assert "integer" in err
+    err = _run_cli_error(["train", "train.compile_mode=fastest", "--dry-run"], capsys)
+    assert "reduce-overhead" in err and "fastest" in err
+    # CUDA graphs need one CUDA process: refused before anything is written
+    graphs_run = tmp_path / "graphs"
+    err = _run_cli_error(["train", *TINY, "train.compile=true", "train.compile_mode=reduce-overhead",
+                          "--run-dir", str(graphs_run)], capsys)
+    assert "CUDA" in err and "compile_mode=default" in err
+    assert not graphs_run.exists()
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("train: {batch: [1, 2\n")
     err = _run_cli_error(["train", str(bad_yaml), "--dry-run"], capsys)

@@ -73,9 +73,13 @@ class TrainConfig:
     device: str = "auto"                # auto | cpu | cuda | cuda:N
     precision: str = "fp32"             # fp32 | bf16 (autocast on CUDA)
     compile: bool = False               # torch.compile the network (CUDA)
+    compile_mode: str = "default"       # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune[-no-cudagraphs]
     channels_last: bool = False
     tf32: bool = True                   # allow TF32 matmuls on CUDA
     doctor: bool = True                 # run the noise/label-sensitivity check at the end of training
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass(frozen=True)
@@ -309,6 +313,8 @@ def resolve(cfg: Config) -> Config:
         raise UserError(f"train.label_dropout must be in [0, 1), got {t.label_dropout}")
     if t.precision not in ("fp32", "bf16"):
         raise UserError(f"train.precision must be fp32 or bf16, got {t.precision!r}")
+    if t.compile_mode not in COMPILE_MODES:
+        raise UserError(f"train.compile_mode must be one of {', '.join(COMPILE_MODES)}, got {t.compile_mode!r}")
     if cfg.sample.n <= 0:
         raise UserError(f"sample.n must be positive, got {cfg.sample.n}")
     cfg = replace(cfg, dynamics=replace(cfg.dynamics, options=dyn.describe() | {k: v for k, v in dyn_opts.items()}))

@@ -141,13 +141,15 @@ def _check_run_dir(run_dir: Path, cfg: Config) -> None:
 def environment(device: torch.device, cfg: Config, world: int) -> dict[str, Any]:
     env = {"diffatlas": __version__, "torch": torch.__version__, "python": platform.python_version(),
            "device": str(device), "world_size": world, "precision": cfg.train.precision,
-           "compile": cfg.train.compile, "channels_last": cfg.train.channels_last,
+           "compile": cfg.train.compile, "compile_mode": cfg.train.compile_mode,
+           "channels_last": cfg.train.channels_last,
            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
            "cpu_threads": torch.get_num_threads(), "machine": platform.machine(), "processor": platform.processor()}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
         env["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
         env["tf32_cudnn"] = torch.backends.cudnn.allow_tf32
+        env["cudnn_benchmark"] = torch.backends.cudnn.benchmark
     return env
 
 
@@ -194,6 +196,10 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, log
         raise UserError(f"train.batch={cfg.train.batch} must be divisible by the number of processes ({world})")
 
     device = pick_device(cfg.train.device, local_rank)
+    graphs = cfg.train.compile and cfg.train.compile_mode in ("reduce-overhead", "max-autotune")
+    if graphs and (world > 1 or device.type != "cuda"):
+        raise UserError(f"train.compile_mode={cfg.train.compile_mode} records CUDA graphs: one process on a CUDA "
+                        "device only; use compile_mode=default or max-autotune-no-cudagraphs")
     launched = "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ  # started by torchrun
     if launched and not dist.is_initialized():
         if device.type == "cuda":
@@ -202,6 +208,7 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, log
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = cfg.train.tf32
         torch.backends.cudnn.allow_tf32 = cfg.train.tf32
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its algorithms once per shape
 
     dataset = load_dataset(cfg.data.name, root=cfg.data.root, split=cfg.data.split,
                            resolution=cfg.data.resolution, **cfg.data.options)
@@ -223,8 +230,9 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, log
     if rank == 0:
         atomic_write_text(run_dir / "network.json", json.dumps(describe_network(cfg, net, dataset.shape), indent=1,
                                                                  default=str))
+    # The fused update: one kernel (CUDA) or one vectorised loop (CPU) for all parameters.
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.train.lr, betas=cfg.train.betas,
-                            weight_decay=cfg.train.weight_decay, fused=device.type == "cuda")
+                            weight_decay=cfg.train.weight_decay, fused=device.type in ("cuda", "cpu"))
     sampler = EpochSampler(len(dataset), cfg.train.seed)
     noise_gen = torch.Generator(device=device).manual_seed(cfg.train.seed + 1)
     sched = Schedule(cfg)
@@ -253,7 +261,7 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, log
         net = net.to(memory_format=torch.channels_last)
     train_net: nn.Module = net
     if cfg.train.compile:
-        train_net = torch.compile(train_net)
+        train_net = torch.compile(train_net, mode=cfg.train.compile_mode)
     if dist.is_initialized():
         train_net = nn.parallel.DistributedDataParallel(train_net, device_ids=[device.index] if device.type == "cuda" else None)
     denoiser = make_denoiser(cfg, train_net, dynamics)
@@ -292,6 +300,8 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, log
         if channels_last:
             x0, eps = x0.contiguous(memory_format=torch.channels_last), eps.contiguous(memory_format=torch.channels_last)
 
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # last step's graph outputs are no longer read
         with autocast:
             loss = denoising_loss(denoiser, x0, weighting=cfg.model.weighting, cond=cond, t=t, eps=eps).mean()
         opt.zero_grad(set_to_none=True)
