@@ -2,15 +2,7 @@
 # One pass over the GPU paths and the GPU benchmarks, for a machine with one CUDA GPU.
 # Writes logs to ${OUT:-gpu-out}/. Usage: bash benchmarks/gpu_check.sh
 # Optional: a folder .whl/ of wheels (diffusers) installed to /tmp/site first.
-set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
-export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=$PYTHONPATH:/tmp/site
-fi
-step() { echo; echo "=== $1 ($(date +%T))"; }
+source "$(dirname "$0")/gpu_env.sh"
 {
 step "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader

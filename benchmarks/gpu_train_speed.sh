@@ -3,16 +3,8 @@
 # on one CUDA GPU, in every mode the foundation benchmark asks for, with an operator profile of
 # the eager and compiled steps. Writes ${OUT:-gpu-out}/train-speed.log.
 # Usage: bash benchmarks/gpu_train_speed.sh   (a folder .whl/ of wheels, e.g. diffusers, is installed first)
-set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
-export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=$PYTHONPATH:/tmp/site
-fi
+source "$(dirname "$0")/gpu_env.sh"
 B="python3 benchmarks/bench_networks.py --device cuda --presets ddpm-cifar10:3x32x32:128 --steps 20 --rounds 2"
-step() { echo; echo "=== $1 ($(date +%T))"; }
 {
 step "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
