@@ -312,6 +312,19 @@ def test_attention_block_matches_softmax_attention(heads):
         torch.testing.assert_close(blk(xx), ref, rtol=1e-10, atol=1e-10, msg=name)
 
 
+def test_state_dicts_with_1x1_conv_weights_still_load():
+    """Snapshots written when attention and skips were 1x1 convolutions load into the GEMM forms."""
+    net = build_network("unet-xs", shape=(1, 8, 8)).eval()
+    _perturb(net)
+    old = {k: (v[:, :, None, None] if k.endswith(("qkv.weight", "proj.weight", "skip.weight")) else v)
+           for k, v in net.state_dict().items()}
+    assert sum(v.ndim == 4 and v.shape[2:] == (1, 1) for v in old.values()) >= 3
+    fresh = build_network("unet-xs", shape=(1, 8, 8)).eval()
+    fresh.load_state_dict(old)
+    x, c = _inputs((1, 8, 8)), torch.zeros(4)
+    torch.testing.assert_close(fresh(x, c), net(x, c), rtol=0, atol=0)
+
+
 def test_upsample_is_nearest_interpolation():
     x = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     grad = torch.randn(2, 3, 8, 10, generator=torch.Generator().manual_seed(1), dtype=torch.float64)

@@ -98,6 +98,14 @@ class ClassEmbedding(nn.Module):
         return self.table(cond)
 
 
+def _squeeze_1x1(state_dict: dict, key: str) -> None:
+    """Accept a 1x1-convolution weight (C_out, C_in, 1, 1) for a GEMM weight (C_out, C_in): snapshots
+    written when these layers were ``nn.Conv2d`` load unchanged."""
+    w = state_dict.get(key)
+    if w is not None and w.ndim == 4 and w.shape[2:] == (1, 1):
+        state_dict[key] = w.flatten(1)
+
+
 class ChannelLinear(nn.Linear):
     """A 1x1 convolution written as a matrix product over the channel axis:
     (N, C_in, H, W) -> (N, C_out, H, W), the same function and parameter count as
@@ -108,6 +116,10 @@ class ChannelLinear(nn.Linear):
     feature maps of a U-Net (on CPU about a third less per call, forward + backward, at 4x4-8x8).
     Other layouts go through ``conv2d`` with a 1x1 view of the weight.
     """
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        _squeeze_1x1(state_dict, prefix + "weight")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.is_contiguous(memory_format=torch.channels_last):
@@ -187,6 +199,11 @@ class AttnBlock(nn.Module):
         self.norm = nn.GroupNorm(num_groups(channels), channels)
         self.qkv = nn.Linear(channels, 3 * channels)
         self.proj = zero_(nn.Linear(channels, channels))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name in ("qkv.weight", "proj.weight"):
+            _squeeze_1x1(state_dict, prefix + name)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: Tensor, e_act: Tensor | None = None) -> Tensor:
         n, c, hh, ww = x.shape
