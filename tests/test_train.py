@@ -133,12 +133,6 @@ def test_bad_inputs_are_one_line_and_exit_2(reference_run: Path, tmp_path: Path,
     assert "integer" in err
     err = _run_cli_error(["train", "train.compile_mode=fastest", "--dry-run"], capsys)
     assert "reduce-overhead" in err and "fastest" in err
-    # CUDA graphs need one CUDA process: refused before anything is written
-    graphs_run = tmp_path / "graphs"
-    err = _run_cli_error(["train", *TINY, "train.compile=true", "train.compile_mode=reduce-overhead",
-                          "--run-dir", str(graphs_run)], capsys)
-    assert "CUDA" in err and "compile_mode=default" in err
-    assert not graphs_run.exists()
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("train: {batch: [1, 2\n")
     err = _run_cli_error(["train", str(bad_yaml), "--dry-run"], capsys)
@@ -166,6 +160,20 @@ def test_bad_inputs_are_one_line_and_exit_2(reference_run: Path, tmp_path: Path,
     assert "corrupt" in err
     err = _run_cli_error(["sample", str(broken), "--n", "0"], capsys)
     assert "--n" in err
+
+
+def test_cuda_graph_modes_record_only_on_cuda_and_in_one_process() -> None:
+    from diffatlas.errors import UserError
+    from diffatlas.train import records_cuda_graphs
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    graphs = load_config(None, ["train.compile=true", "train.compile_mode=reduce-overhead"])
+    assert records_cuda_graphs(graphs, cuda, 1)
+    assert not records_cuda_graphs(graphs, cpu, 1)  # on the CPU the mode only compiles
+    assert not records_cuda_graphs(load_config(None, ["train.compile_mode=reduce-overhead"]), cuda, 1)
+    assert not records_cuda_graphs(load_config(None, ["train.compile=true"]), cuda, 2)
+    with pytest.raises(UserError, match="one process only.*torchrun started 2"):
+        records_cuda_graphs(graphs, cuda, 2)
 
 
 def test_dry_run_prints_every_default(capsys) -> None:

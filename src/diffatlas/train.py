@@ -150,7 +150,21 @@ def environment(device: torch.device, cfg: Config, world: int) -> dict[str, Any]
         env["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
         env["tf32_cudnn"] = torch.backends.cudnn.allow_tf32
         env["cudnn_benchmark"] = torch.backends.cudnn.benchmark
+        env["cuda_graphs"] = records_cuda_graphs(cfg, device, world)
     return env
+
+
+def records_cuda_graphs(cfg: Config, device: torch.device, world: int) -> bool:
+    """Whether the compiled training step is recorded as CUDA graphs (compile modes reduce-overhead
+    and max-autotune on a CUDA device; elsewhere those modes only compile). One process only:
+    under torchrun the combination is refused."""
+    graphs = (cfg.train.compile and cfg.train.compile_mode in ("reduce-overhead", "max-autotune")
+              and device.type == "cuda")
+    if graphs and world > 1:
+        raise UserError(f"train.compile_mode={cfg.train.compile_mode} records CUDA graphs, which this training "
+                        f"loop does in one process only (torchrun started {world}); use compile_mode=default "
+                        "or max-autotune-no-cudagraphs")
+    return graphs
 
 
 def describe_network(cfg: Config, net: nn.Module, shape) -> dict[str, Any]:
@@ -196,10 +210,7 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, log
         raise UserError(f"train.batch={cfg.train.batch} must be divisible by the number of processes ({world})")
 
     device = pick_device(cfg.train.device, local_rank)
-    graphs = cfg.train.compile and cfg.train.compile_mode in ("reduce-overhead", "max-autotune")
-    if graphs and (world > 1 or device.type != "cuda"):
-        raise UserError(f"train.compile_mode={cfg.train.compile_mode} records CUDA graphs: one process on a CUDA "
-                        "device only; use compile_mode=default or max-autotune-no-cudagraphs")
+    graphs = records_cuda_graphs(cfg, device, world)
     launched = "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ  # started by torchrun
     if launched and not dist.is_initialized():
         if device.type == "cuda":

@@ -132,8 +132,8 @@ class Dropout(nn.Dropout):
 
     On the CPU the mask is drawn as ``rand >= p`` rather than with ``bernoulli_``: the same
     distribution (to the 2^-24 resolution of a float32 uniform) at about 60% of the cost,
-    forward + backward; dropout was ~8% of a small U-Net's CPU training step. Elsewhere (CUDA's fused kernel, torch.compile's
-    generated code) it is ``nn.Dropout`` unchanged.
+    forward + backward; dropout was ~8% of a small U-Net's CPU training step. Elsewhere
+    (CUDA's fused kernel, torch.compile's generated code) it is ``nn.Dropout`` unchanged.
     """
 
     def forward(self, x: Tensor) -> Tensor:
