@@ -3,8 +3,9 @@
 # on one CUDA GPU, in every mode the foundation benchmark asks for, with an operator profile of
 # the eager and compiled steps. Writes ${OUT:-gpu-out}/train-speed.log.
 # Usage: bash benchmarks/gpu_train_speed.sh   (a folder .whl/ of wheels, e.g. diffusers, is installed first)
+# Takes ~8 min on an H200 (most of it compiling both models twice).
 source "$(dirname "$0")/gpu_env.sh"
-B="python3 benchmarks/bench_networks.py --device cuda --presets ddpm-cifar10:3x32x32:128 --steps 20 --rounds 2"
+B="python3 benchmarks/bench_networks.py --device cuda --presets ddpm-cifar10:3x32x32:128 --steps 20 --rounds 3"
 {
 step "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
@@ -18,6 +19,6 @@ timeout 90 $B --bf16 --channels-last --no-forward --profile 25
 step "compiled bf16 channels_last, fused AdamW, cudnn.benchmark on, profiled"
 timeout 240 $B --bf16 --channels-last --compile --profile 30
 step "compiled (reduce-overhead: CUDA graphs) bf16 channels_last, fused AdamW, cudnn.benchmark on"
-timeout 200 $B --bf16 --channels-last --compile --compile-mode reduce-overhead --no-forward
+timeout 240 $B --bf16 --channels-last --compile --compile-mode reduce-overhead --no-forward
 step "done"
 } 2>&1 | tee "$OUT/train-speed.log"
