@@ -18,6 +18,7 @@ from diffatlas.networks import (
     describe_presets,
 )
 from diffatlas.networks.layers import AttnBlock, ChannelLinear, Dropout, FourierFeatures, upsample_nearest2x
+from diffatlas.networks.layers import upsample_nearest2x_broadcast
 from diffatlas.networks.refinenet import InstanceNormPP
 from diffatlas.registry import UnknownNameError
 
@@ -331,25 +332,37 @@ def test_upsample_is_nearest_interpolation():
     for name, xx in _both_layouts(x):
         xx = xx.detach().requires_grad_()
         ref = F.interpolate(xx, scale_factor=2.0, mode="nearest")
-        out = upsample_nearest2x(xx)
-        assert torch.equal(out, ref), name
-        assert out.is_contiguous(memory_format=torch.channels_last) == (name == "channels_last")
         (g_ref,) = torch.autograd.grad(ref, xx, grad)
-        (g_out,) = torch.autograd.grad(out, xx, grad)
-        torch.testing.assert_close(g_out, g_ref, rtol=1e-12, atol=1e-12, msg=name)
+        # the compiled path's form takes channels_last input only
+        forms = [upsample_nearest2x] + ([upsample_nearest2x_broadcast] if name == "channels_last" else [])
+        for up in forms:
+            out = up(xx)
+            assert torch.equal(out, ref), (name, up.__name__)
+            assert out.is_contiguous(memory_format=torch.channels_last) == (name == "channels_last")
+            (g_out,) = torch.autograd.grad(out, xx, grad)
+            torch.testing.assert_close(g_out, g_ref, rtol=1e-12, atol=1e-12, msg=name)
 
 
-def test_dropout_keeps_one_minus_p_and_rescales():
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+def test_dropout_keeps_one_minus_p_and_rescales(layout):
     p, n = 0.1, 400_000
     drop = Dropout(p).train()
     torch.manual_seed(0)
-    x = torch.full((4, 10, 100, 100), 2.0).contiguous(memory_format=torch.channels_last)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.full((4, 10, 100, 100), 2.0).contiguous(memory_format=fmt)
     y = drop(x)
     kept = y != 0
-    frac = kept.double().mean().item()
-    assert abs(frac - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)  # 5 standard errors
-    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 2.0 / (1 - p)))
-    assert y.is_contiguous(memory_format=torch.channels_last)
+    se = math.sqrt(p * (1 - p) / n)
+    assert abs(kept.double().mean().item() - (1 - p)) < 5 * se  # 5 standard errors
+    # each of the four 16-bit lanes of a 64-bit draw keeps 1 - p of its elements (a lane whose
+    # sign bit never varies would keep all of them)
+    lane_frac = kept.permute(0, 2, 3, 1).reshape(-1, 4) if layout == "channels_last" else kept.reshape(-1, 4)
+    for frac in lane_frac.double().mean(0).tolist():
+        assert abs(frac - (1 - p)) < 5 * 2 * se
+    # kept elements are scaled by 1 / P(keep), P(keep) = 1 - p to 2^-16: E[y] = x
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 2.0 / (1 - p)), rtol=1e-4, atol=0)
+    assert abs(y.double().mean().item() - 2.0) < 5 * 2.0 / (1 - p) * se
+    assert y.is_contiguous(memory_format=fmt)
     # the mask is drawn from the global generator: reseeding repeats it
     torch.manual_seed(0)
     assert torch.equal(drop(x), y)
@@ -358,10 +371,24 @@ def test_dropout_keeps_one_minus_p_and_rescales():
     torch.manual_seed(0)
     drop(xr).sum().backward()
     torch.testing.assert_close(xr.grad, (y / 2.0))
-    # bf16 stays bf16; eval mode and p = 0 are the identity
+    # bf16 stays bf16; eval mode and p = 0 are the identity, p = 1 drops everything
     assert drop(x.bfloat16()).dtype == torch.bfloat16
     assert torch.equal(drop.eval()(x), x)
     assert torch.equal(Dropout(0.0).train()(x), x)
+    assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("p", [0.3, 0.001])  # 16-bit lanes; a p they cannot represent: float32 path
+def test_dropout_keep_rate_any_shape_and_p(p):
+    torch.manual_seed(1)
+    x = torch.ones(3, 7, 11, 1001)  # 231,231 elements, not a multiple of 4
+    y = Dropout(p).train()(x[:, :, :, 1:])  # and a non-contiguous view
+    n = y.numel()
+    frac = (y != 0).double().mean().item()
+    assert abs(frac - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)
+    assert abs(y.double().mean().item() - 1.0) < 5 * math.sqrt(p / (1 - p) / n)
+    y = Dropout(p).train()(x)
+    assert abs((y != 0).double().mean().item() - (1 - p)) < 5 * math.sqrt(p * (1 - p) / x.numel())
 
 
 # ---- a short training run lowers a denoising loss ------------------------------------------------
