@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import platform
 import time
 from collections.abc import Callable
@@ -31,7 +32,7 @@ import torch
 from torch import nn
 
 from diffatlas.networks import PRESETS, build_network, count_parameters
-from diffatlas.networks.layers import num_groups
+from diffatlas.networks.layers import GroupNorm, num_groups
 
 DEFAULT_CASES = ["unet-xs:1x8x8:64", "ddpm-cifar10:3x32x32:128"]
 
@@ -153,6 +154,14 @@ def flops_of(call: Callable, model: nn.Module, shape: tuple[int, ...], device: t
     return int(fc.get_total_flops())
 
 
+def with_groupnorm_form(net: nn.Module, form: str) -> nn.Module:
+    """Set the compiled form of every diffatlas GroupNorm in `net` (see GroupNorm.compiled_form)."""
+    for m in net.modules():
+        if isinstance(m, GroupNorm):
+            m.compiled_form = form
+    return net
+
+
 def parse_case(text: str, default_shape: str, default_batch: int) -> tuple[str, tuple[int, ...], int]:
     parts = text.split(":")
     name = parts[0]
@@ -173,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="fused: AdamW(fused=True), the training loop's; adam: torch.optim.Adam defaults")
     ap.add_argument("--cudnn-benchmark", choices=("on", "off"), default="on",
                     help="let cuDNN time its algorithms for each shape (the training loop turns it on)")
+    ap.add_argument("--groupnorm-compiled", choices=("native", "moments", "both"), default="native",
+                    help="how torch.compile sees diffatlas' GroupNorm on a GPU (GroupNorm.compiled_form); "
+                         "both: a second diffatlas row, diffatlas-gnm, with the moment form")
     ap.add_argument("--no-forward", action="store_true", help="time training steps only")
     ap.add_argument("--profile", type=int, default=0, metavar="ROWS",
                     help="after timing, print the top ROWS operators of 3 training steps per model")
@@ -198,9 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     compiled = f"{args.compile} (mode {args.compile_mode})" if args.compile else "False"
     print(f"device {device}; bf16 {args.bf16}; channels_last {args.channels_last}; compile {compiled}; "
           f"optimizer {args.optimizer}; cudnn.benchmark {args.cudnn_benchmark}; "
+          f"GroupNorm compiled form {args.groupnorm_compiled}; "
           f"steps {args.steps} x {args.rounds} rounds (+{args.warmup} warm-up)")
 
-    head = f"{'preset':<15} {'shape':<9} {'batch':>5} {'impl':<10} {'params':>11} {'fwd GFLOP/img':>13} " \
+    head = f"{'preset':<15} {'shape':<9} {'batch':>5} {'impl':<13} {'params':>11} {'fwd GFLOP/img':>13} " \
            f"{'train img/s':>11} {'fwd img/s':>10} {'fwd GFLOP/s':>11} {'train x':>7}"
     print(head)
     print("-" * len(head))
@@ -233,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         for impl, (runner, flops) in runners.items():
             train_ips, fwd_ips = best[impl]
             ratio = f"{train_ips / base:.2f}" if base else ""
-            print(f"{name:<15} {'x'.join(map(str, shape)):<9} {batch:>5} {impl:<10} "
+            print(f"{name:<15} {'x'.join(map(str, shape)):<9} {batch:>5} {impl:<13} "
                   f"{count_parameters(runner.model):>11,} {flops / 1e9:>13.4f} {train_ips:>11.1f} "
                   f"{fwd_ips:>10.1f} {flops * fwd_ips / 1e9:>11.2f} {ratio:>7}")
         for impl, (runner, _) in runners.items():
@@ -251,7 +264,11 @@ def main(argv: list[str] | None = None) -> int:
             models["diffusers"] = twin
         else:
             print(f"  ({name}: diffusers is not installed or {name} is not a U-Net preset; no diffusers row)")
-        models["diffatlas"] = net
+        if args.groupnorm_compiled != "both":
+            models["diffatlas"] = with_groupnorm_form(net, args.groupnorm_compiled)
+        else:
+            models["diffatlas"] = net
+            models["diffatlas-gnm"] = with_groupnorm_form(copy.deepcopy(net), "moments")
         compare(name, shape, batch, models)
 
     if args.all_presets:

@@ -17,8 +17,16 @@ from diffatlas.networks import (
     count_parameters,
     describe_presets,
 )
-from diffatlas.networks.layers import AttnBlock, ChannelLinear, Dropout, FourierFeatures, upsample_nearest2x
-from diffatlas.networks.layers import upsample_nearest2x_broadcast
+from diffatlas.networks.layers import (
+    AttnBlock,
+    ChannelLinear,
+    Dropout,
+    FourierFeatures,
+    GroupNorm,
+    group_norm_from_channel_moments,
+    upsample_nearest2x,
+    upsample_nearest2x_broadcast,
+)
 from diffatlas.networks.refinenet import InstanceNormPP
 from diffatlas.registry import UnknownNameError
 
@@ -389,6 +397,58 @@ def test_dropout_keep_rate_any_shape_and_p(p):
     assert abs(y.double().mean().item() - 1.0) < 5 * math.sqrt(p / (1 - p) / n)
     y = Dropout(p).train()(x)
     assert abs((y != 0).double().mean().item() - (1 - p)) < 5 * math.sqrt(p * (1 - p) / x.numel())
+
+
+def test_dropout_under_compile_keeps_p_exact_in_bf16():
+    """Compiled, the mask comes from float32 uniforms: a bf16 input is dropped with probability p,
+    not with p rounded to bf16 (0.50390625 here, 8 standard errors away at this n)."""
+    p, n = 0.5 + 3 / 1024, 16_000_000
+    drop = torch.compile(Dropout(p).train())
+    torch.manual_seed(0)
+    y = drop(torch.ones(n, dtype=torch.bfloat16))
+    assert y.dtype == torch.bfloat16
+    kept = y != 0
+    assert abs(kept.double().mean().item() - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)
+    torch.testing.assert_close(y[kept][:1000].float(), torch.full((1000,), 1 / (1 - p)).bfloat16().float())
+
+
+def test_group_norm_from_channel_moments_is_group_norm():
+    g = torch.Generator().manual_seed(0)
+    x = (3.0 + 2.0 * torch.randn(3, 12, 5, 7, generator=g, dtype=torch.float64)).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(12, generator=g, dtype=torch.float64), torch.randn(12, generator=g, dtype=torch.float64)
+    grad = torch.randn(3, 12, 5, 7, generator=g, dtype=torch.float64)
+    inputs = [t.clone().requires_grad_() for t in (x, w, b)]
+    ref = F.group_norm(inputs[0], 4, inputs[1], inputs[2], 1e-5)
+    got = group_norm_from_channel_moments(inputs[0], 4, inputs[1], inputs[2], 1e-5)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    for a, r in zip(torch.autograd.grad(got, inputs, grad), torch.autograd.grad(ref, inputs, grad)):
+        torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-10)
+    # dtype as the native op under autocast: float32 from a bf16 input with float32 weights
+    xb = x.bfloat16()
+    out = group_norm_from_channel_moments(xb, 4, w.float(), b.float(), 1e-5)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, F.group_norm(xb.float(), 4, w.float(), b.float(), 1e-5), rtol=1e-5, atol=1e-5)
+    # the module keeps nn.GroupNorm's parameters, state_dict and eager result
+    gn = GroupNorm(4, 12).double()
+    assert list(gn.state_dict()) == list(torch.nn.GroupNorm(4, 12).state_dict())
+    torch.testing.assert_close(gn(x), F.group_norm(x, 4, gn.weight, gn.bias, gn.eps))
+
+
+def test_compiled_unet_matches_eager_in_channels_last():
+    """The forms used only under torch.compile (upsampling; dropout, here 0 since masks differ by
+    construction) give the eager network's output and gradients."""
+    net = build_network("unet-xs", shape=(1, 8, 8), dropout=0.0).to(memory_format=torch.channels_last)
+    _perturb(net)
+    x = _inputs((1, 8, 8)).contiguous(memory_format=torch.channels_last)
+    c = torch.tensor([-1.0, -0.2, 0.3, 1.5])
+    params = list(net.parameters())
+    ref = net(x, c)
+    g_ref = torch.autograd.grad(ref.square().sum(), params)
+    out = torch.compile(net)(x, c)
+    g_out = torch.autograd.grad(out.square().sum(), params)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    for a, r in zip(g_out, g_ref):
+        torch.testing.assert_close(a, r, rtol=1e-3, atol=1e-3)
 
 
 # ---- a short training run lowers a denoising loss ------------------------------------------------

@@ -127,6 +127,52 @@ class ChannelLinear(nn.Linear):
         return F.conv2d(x, self.weight[:, :, None, None], self.bias)
 
 
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` (Wu & He 2018), the same parameters and state_dict.
+
+    `compiled_form` (a class default that an instance may override) chooses how torch.compile sees
+    a channels_last input on a GPU: "native" (the default) traces the native op; "moments" traces
+    `group_norm_from_channel_moments`. Why the
+    second exists: Inductor's decomposition of the native op's backward reshapes the gradient to
+    (N, G, C/G, H*W) and so writes an (N, C, H, W)-ordered intermediate that the next kernels
+    transpose back (four tiled transposing kernels per ResBlock in the generated Triton code at
+    128x128x32x32; layout work was ~22% of an H200 training step at the DDPM CIFAR-10 size), and its
+    forward reads each group's channels with a stride of C. The moment form's generated code has no
+    transposing kernel: its reductions run over H*W with the channels innermost. It is not the default
+    because its GPU speed is not measured yet (`benchmarks/bench_networks.py --groupnorm-compiled`).
+    On the CPU it is slower compiled (C++ Inductor handles the native op well), and eager the native
+    kernel (one pass) is always used."""
+
+    compiled_form = "native"
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (self.compiled_form == "moments" and torch.compiler.is_compiling() and x.is_cuda
+                and x.dim() == 4 and self.affine
+                and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()):
+            return group_norm_from_channel_moments(x, self.num_groups, self.weight, self.bias, self.eps)
+        return super().forward(x)
+
+
+def group_norm_from_channel_moments(x: Tensor, groups: int, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    """GroupNorm of (N, C, H, W) from per-channel moments: the mean and (biased) variance of each
+    channel over H x W, combined over the channels of a group exactly (Chan et al. 1979:
+    var_g = mean_c(var_c) + mean_c((mean_c - mean_g)^2), all channels holding H*W values), then
+    y = x * scale + shift with per-(sample, channel) scale = weight / sqrt(var_g + eps) and
+    shift = bias - mean_g * scale. Computed in float32 at least (as autocast runs GroupNorm); the
+    result has the promoted dtype of x and the weight, as the native op under autocast."""
+    n, c = x.shape[:2]
+    acc = torch.promote_types(x.dtype, torch.float32)
+    xf = x.to(acc)
+    var_c, mean_c = torch.var_mean(xf, dim=(2, 3), correction=0)
+    mean_c, var_c = mean_c.view(n, groups, -1), var_c.view(n, groups, -1)
+    mean_g = mean_c.mean(2, keepdim=True)
+    var_g = var_c.mean(2, keepdim=True) + (mean_c - mean_g).square().mean(2, keepdim=True)
+    scale = torch.rsqrt(var_g + eps) * weight.to(acc).view(groups, -1)
+    shift = bias.to(acc).view(groups, -1) - mean_g * scale
+    y = torch.addcmul(shift.view(n, c, 1, 1), xf, scale.view(n, c, 1, 1))
+    return y.to(torch.promote_types(x.dtype, weight.dtype))
+
+
 class Dropout(nn.Dropout):
     """``nn.Dropout`` (keep each element with probability 1 - p, scale kept ones by 1 / (1 - p)).
 
@@ -135,14 +181,22 @@ class Dropout(nn.Dropout):
     rounded to a multiple of 2^-16 (6e-6 off at p = 0.1; a p that this moves by more than 0.1% of
     itself takes the float32 ``rand >= p`` path, 2^-24 resolution) and the kept elements are
     scaled by 1 / (1 - p_rounded), which keeps E[dropout(x)] = x exact. It is a quarter of the
-    generator calls of one float32 uniform per element and a third of ``bernoulli_``'s time,
-    forward + backward; dropout was ~8% of a small U-Net's CPU training step. Elsewhere (CUDA's
-    fused kernel, torch.compile's generated code) it is ``nn.Dropout`` unchanged.
+    generator calls of one float32 uniform per element: 644 vs 976 us forward + backward at
+    64x64x8x8 (and ``bernoulli_`` is slower still); dropout was ~8% of a small U-Net's CPU step. Eager on a GPU it is
+    ``nn.Dropout`` (CUDA's fused kernel); under torch.compile, a float32 ``rand_like(x) >= p`` that
+    Inductor fuses with its neighbours.
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        if (not self.training or self.p in (0.0, 1.0) or self.inplace or x.device.type != "cpu"
-                or torch.compiler.is_compiling()):
+        if not self.training or self.p in (0.0, 1.0) or self.inplace:
+            return super().forward(x)
+        if torch.compiler.is_compiling():
+            # Inductor's own lowering of dropout draws uniforms in the input's dtype and compares
+            # them with p rounded to it: a bf16 input drops with probability bf16(p) (0.5039 for
+            # p = 0.5029, measured at 16M draws). float32 uniforms keep p exact; the kernel is the same.
+            keep = torch.rand_like(x, dtype=torch.float32) >= self.p
+            return x * keep * (1.0 / (1.0 - self.p))
+        if x.device.type != "cpu":
             return super().forward(x)
         return x * cpu_dropout_mask(x, self.p)
 
@@ -186,10 +240,10 @@ class ResBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.scale_shift = scale_shift
-        self.norm1 = nn.GroupNorm(num_groups(in_ch), in_ch)
+        self.norm1 = GroupNorm(num_groups(in_ch), in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb = nn.Linear(emb_dim, out_ch * (2 if scale_shift else 1))
-        self.norm2 = nn.GroupNorm(num_groups(out_ch), out_ch)
+        self.norm2 = GroupNorm(num_groups(out_ch), out_ch)
         self.drop = Dropout(dropout)
         self.conv2 = zero_(nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.skip = ChannelLinear(in_ch, out_ch) if in_ch != out_ch else nn.Identity()
@@ -218,7 +272,7 @@ class AttnBlock(nn.Module):
         if channels % heads:
             raise ValueError(f"{channels} channels do not split into {heads} heads")
         self.heads = heads
-        self.norm = nn.GroupNorm(num_groups(channels), channels)
+        self.norm = GroupNorm(num_groups(channels), channels)
         self.qkv = nn.Linear(channels, 3 * channels)
         self.proj = zero_(nn.Linear(channels, channels))
 

@@ -26,6 +26,7 @@ from .layers import (
     AttnBlock,
     ClassEmbedding,
     Downsample,
+    GroupNorm,
     NoiseEmbedding,
     ResBlock,
     Upsample,
@@ -123,7 +124,7 @@ class UNet(nn.Module):
                 up.append(Upsample(cur))
                 res *= 2
         self.up = nn.ModuleList(up)
-        self.norm_out = nn.GroupNorm(num_groups(cur), cur)
+        self.norm_out = GroupNorm(num_groups(cur), cur)
         self.conv_out = zero_(nn.Conv2d(cur, out_channels, 3, padding=1))
 
     def forward(self, x: Tensor, c_noise: Tensor, cond: Tensor | None = None) -> Tensor:
