@@ -4,9 +4,7 @@
 # Optional: a folder .whl/ of wheels (diffusers) installed to /tmp/site first.
 source "$(dirname "$0")/gpu_env.sh"
 {
-step "machine"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
+machine
 
 step "train on GPU: bf16 + channels_last + torch.compile, then NCCL through torchrun (1 process), then sample"
 D=/tmp/gpu-runs; rm -rf $D

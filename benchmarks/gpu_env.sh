@@ -9,3 +9,8 @@ if [ -d .whl ]; then
     && export PYTHONPATH=$PYTHONPATH:/tmp/site
 fi
 step() { echo; echo "=== $1 ($(date +%T))"; }
+machine() {  # the GPU and the torch build, first lines of every log
+  step "machine"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
+  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
+}

@@ -8,9 +8,7 @@
 source "$(dirname "$0")/gpu_env.sh"
 B="python3 benchmarks/bench_networks.py --device cuda --presets ddpm-cifar10:3x32x32:128 --steps 20 --rounds 3 --bf16 --channels-last --compile --groupnorm-compiled both --no-forward"
 {
-step "machine"
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
-python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+machine
 step "compiled (reduce-overhead: CUDA graphs)"
 timeout 300 $B --compile-mode reduce-overhead
 step "compiled (default mode), profiled"

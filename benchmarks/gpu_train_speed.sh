@@ -7,9 +7,7 @@
 source "$(dirname "$0")/gpu_env.sh"
 B="python3 benchmarks/bench_networks.py --device cuda --presets ddpm-cifar10:3x32x32:128 --steps 20 --rounds 3"
 {
-step "machine"
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
-python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'cudnn', torch.backends.cudnn.version())"
+machine
 step "eager fp32, plain Adam, cudnn.benchmark off: the earlier harness"
 timeout 60 $B --optimizer adam --cudnn-benchmark off --no-forward
 step "eager bf16 channels_last, plain Adam, cudnn.benchmark off: the earlier harness, profiled"
