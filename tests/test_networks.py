@@ -414,9 +414,12 @@ def test_dropout_under_compile_keeps_p_exact_in_bf16():
 
 def test_group_norm_from_channel_moments_is_group_norm():
     g = torch.Generator().manual_seed(0)
-    x = (3.0 + 2.0 * torch.randn(3, 12, 5, 7, generator=g, dtype=torch.float64)).contiguous(memory_format=torch.channels_last)
-    w, b = torch.randn(12, generator=g, dtype=torch.float64), torch.randn(12, generator=g, dtype=torch.float64)
-    grad = torch.randn(3, 12, 5, 7, generator=g, dtype=torch.float64)
+    f64 = {"generator": g, "dtype": torch.float64}
+    # channel means that differ within a group, so the between-channel term of the group variance counts
+    offsets = torch.linspace(-3.0, 5.0, 12, dtype=torch.float64).view(1, 12, 1, 1)
+    x = (offsets + 2.0 * torch.randn(3, 12, 5, 7, **f64)).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(12, **f64), torch.randn(12, **f64)
+    grad = torch.randn(3, 12, 5, 7, **f64)
     inputs = [t.clone().requires_grad_() for t in (x, w, b)]
     ref = F.group_norm(inputs[0], 4, inputs[1], inputs[2], 1e-5)
     got = group_norm_from_channel_moments(inputs[0], 4, inputs[1], inputs[2], 1e-5)
@@ -427,7 +430,8 @@ def test_group_norm_from_channel_moments_is_group_norm():
     xb = x.bfloat16()
     out = group_norm_from_channel_moments(xb, 4, w.float(), b.float(), 1e-5)
     assert out.dtype == torch.float32
-    torch.testing.assert_close(out, F.group_norm(xb.float(), 4, w.float(), b.float(), 1e-5), rtol=1e-5, atol=1e-5)
+    ref32 = F.group_norm(xb.float(), 4, w.float(), b.float(), 1e-5)
+    torch.testing.assert_close(out, ref32, rtol=1e-5, atol=1e-5)
     # the module keeps nn.GroupNorm's parameters, state_dict and eager result
     gn = GroupNorm(4, 12).double()
     assert list(gn.state_dict()) == list(torch.nn.GroupNorm(4, 12).state_dict())

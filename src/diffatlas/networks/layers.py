@@ -130,18 +130,18 @@ class ChannelLinear(nn.Linear):
 class GroupNorm(nn.GroupNorm):
     """``nn.GroupNorm`` (Wu & He 2018), the same parameters and state_dict.
 
-    `compiled_form` (a class default that an instance may override) chooses how torch.compile sees
-    a channels_last input on a GPU: "native" (the default) traces the native op; "moments" traces
-    `group_norm_from_channel_moments`. Why the
-    second exists: Inductor's decomposition of the native op's backward reshapes the gradient to
-    (N, G, C/G, H*W) and so writes an (N, C, H, W)-ordered intermediate that the next kernels
-    transpose back (four tiled transposing kernels per ResBlock in the generated Triton code at
-    128x128x32x32; layout work was ~22% of an H200 training step at the DDPM CIFAR-10 size), and its
-    forward reads each group's channels with a stride of C. The moment form's generated code has no
-    transposing kernel: its reductions run over H*W with the channels innermost. It is not the default
-    because its GPU speed is not measured yet (`benchmarks/bench_networks.py --groupnorm-compiled`).
-    On the CPU it is slower compiled (C++ Inductor handles the native op well), and eager the native
-    kernel (one pass) is always used."""
+    `compiled_form` (a class default that an instance may override) chooses how torch.compile
+    sees a channels_last input on a GPU: "native" (the default) traces the native op; "moments"
+    traces `group_norm_from_channel_moments`. Why the second exists: Inductor's decomposition of
+    the native op's backward reshapes the gradient to (N, G, C/G, H*W) and so writes an
+    (N, C, H, W)-ordered intermediate that the next kernels transpose back (four tiled transposing
+    kernels per ResBlock in the generated Triton code at 128x128x32x32; layout work was ~22% of an
+    H200 training step at the DDPM CIFAR-10 size), and its forward reads each group's channels
+    with a stride of C. The moment form's generated code has no transposing kernel: its reductions
+    run over H*W with the channels innermost. It is not the default because its GPU speed is not
+    measured yet (`benchmarks/gpu_groupnorm_ab.sh`). On the CPU it is slower compiled (C++
+    Inductor handles the native op well), and eager the native kernel (one pass) is always used.
+    """
 
     compiled_form = "native"
 
@@ -153,7 +153,9 @@ class GroupNorm(nn.GroupNorm):
         return super().forward(x)
 
 
-def group_norm_from_channel_moments(x: Tensor, groups: int, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+def group_norm_from_channel_moments(
+    x: Tensor, groups: int, weight: Tensor, bias: Tensor, eps: float
+) -> Tensor:
     """GroupNorm of (N, C, H, W) from per-channel moments: the mean and (biased) variance of each
     channel over H x W, combined over the channels of a group exactly (Chan et al. 1979:
     var_g = mean_c(var_c) + mean_c((mean_c - mean_g)^2), all channels holding H*W values), then
@@ -182,9 +184,9 @@ class Dropout(nn.Dropout):
     itself takes the float32 ``rand >= p`` path, 2^-24 resolution) and the kept elements are
     scaled by 1 / (1 - p_rounded), which keeps E[dropout(x)] = x exact. It is a quarter of the
     generator calls of one float32 uniform per element: 644 vs 976 us forward + backward at
-    64x64x8x8 (and ``bernoulli_`` is slower still); dropout was ~8% of a small U-Net's CPU step. Eager on a GPU it is
-    ``nn.Dropout`` (CUDA's fused kernel); under torch.compile, a float32 ``rand_like(x) >= p`` that
-    Inductor fuses with its neighbours.
+    64x64x8x8 (and ``bernoulli_`` is slower still); dropout was ~8% of a small U-Net's CPU step.
+    Eager on a GPU it is ``nn.Dropout`` (CUDA's fused kernel); under torch.compile, a float32
+    ``rand_like(x) >= p`` that Inductor fuses with its neighbours.
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -316,13 +318,14 @@ class Upsample(nn.Module):
 def upsample_nearest2x(x: Tensor) -> Tensor:
     """Nearest-neighbour 2x upsampling, ``F.interpolate(x, scale_factor=2, mode="nearest")``.
 
-    Under torch.compile a channels_last input is upsampled as `upsample_nearest2x_broadcast`, whose
-    gradient Inductor generates as a sum over each 2x2 block; its own lowering of the interpolation's
-    gradient is an index-put with atomic adds (~4x the time forward + backward on the CPU at
-    4x4x32, batch 64; 0.35 ms of an H200 training step at the DDPM CIFAR-10 size). Eager, the
-    native kernel is the fastest (the broadcast form's reduction over two strided axes is ~7x slower
-    on the CPU), so it is used for every other case."""
-    if torch.compiler.is_compiling() and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+    Under torch.compile a channels_last input is upsampled as `upsample_nearest2x_broadcast`,
+    whose gradient Inductor generates as a sum over each 2x2 block; its own lowering of the
+    interpolation's gradient is an index-put with atomic adds (~4x the time forward + backward on
+    the CPU at 4x4x32, batch 64; 0.35 ms of an H200 training step at the DDPM CIFAR-10 size).
+    Eager, the native kernel is the fastest (the broadcast form's reduction over two strided axes
+    is ~7x slower on the CPU), so it is used for every other case."""
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    if torch.compiler.is_compiling() and channels_last:
         return upsample_nearest2x_broadcast(x)
     return F.interpolate(x, scale_factor=2.0, mode="nearest")
 
