@@ -44,7 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        # `train --run-dir D a.b=1`: overrides may follow the options (set_defaults(trailing="overrides"))
+        trailing = getattr(args, "trailing", None)
+        if extra and trailing and all("=" in e and not e.startswith("-") for e in extra):
+            setattr(args, trailing, list(getattr(args, trailing)) + extra)
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as e:  # --help, or argparse's one-line usage error: return its exit code
         return int(e.code or 0) if not isinstance(e.code, str) else 2
     try:

@@ -22,7 +22,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue from the latest complete snapshot (the default when the run dir holds one)")
     p.add_argument("--progress", choices=["auto", "bar", "lines"], default="auto")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, trailing="overrides")
 
     p = sub.add_parser("sample", help="sample a trained run and write a grid PNG and an .npz")
     p.add_argument("run", help="run directory")

@@ -342,7 +342,7 @@ def _check_request(run_dir: Path, shape: tuple[int, ...], n: int, seed: int) -> 
     validate.memory(per * n, f"{n} samples of shape {tuple(shape)}", "cpu", per, "samples")
     validate.writable_dir(run_dir, "run directory")
     log = run_dir / METRICS_FILE
-    if log.exists() and not os.access(log, os.W_OK):
+    if log.exists() and not validate.can_write(log):
         raise UserError(f"metrics log {str(log)!r} is not writable by this user; fix its permissions")
 
 

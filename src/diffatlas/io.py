@@ -300,8 +300,9 @@ def _expanded_size(node: yaml.Node, limit: int) -> int:
 
 def parse_yaml(text: str, source: str, fix: str = "") -> Any:
     """Parse YAML text (a file's content, or a command-line value named by `source`) strictly."""
-    loader = _StrictLoader(text)
+    loader = None
     try:
+        loader = _StrictLoader(text)  # the reader refuses control characters already here
         node = loader.get_single_node()
         if node is None:
             return None
@@ -318,7 +319,8 @@ def parse_yaml(text: str, source: str, fix: str = "") -> Any:
     except RecursionError:
         raise UserError(f"{source} is nested too deeply to be a config" + (f"; {fix}" if fix else "")) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def read_yaml(path: str | Path, what: str, fix: str = "") -> Any:

@@ -61,11 +61,9 @@ def read_run_config(run_dir: str | Path) -> Config:
     if not isinstance(data, dict):
         raise UserError(f"run config {str(path)!r} is not a mapping of config sections; {fix}")
     try:
-        cfg = from_dict(data)
-        resolve(cfg)  # every name, key and number checked; the saved values are used as they are
+        return resolve(from_dict(data))  # checked like any config; a saved config is already resolved
     except (UserError, UnknownNameError) as e:
         raise UserError(f"run config {str(path)!r}: {e}; {fix}") from None
-    return cfg
 
 
 def pick_snapshot(run_dir: str | Path, snapshot: str | float | None = None) -> Path:

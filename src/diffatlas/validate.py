@@ -343,6 +343,13 @@ def memory(need: float, what: str, dev: Any = "cpu", per_item: float | None = No
 
 # ---- places ----------------------------------------------------------------------------------
 
+def can_write(path: Path) -> bool:
+    """Whether this process (its effective user) may write into `path`."""
+    if os.access in os.supports_effective_ids:
+        return os.access(path, os.W_OK | os.X_OK if path.is_dir() else os.W_OK, effective_ids=True)
+    return os.access(path, os.W_OK | os.X_OK if path.is_dir() else os.W_OK)
+
+
 def writable_dir(path: str | Path, what: str) -> Path:
     """A folder that exists or can be created, and can be written: its nearest existing ancestor must be
     a folder this user may write into. Nothing is created here."""
@@ -359,7 +366,7 @@ def writable_dir(path: str | Path, what: str) -> Path:
             raise UserError(f"{what} {str(p)!r} is a file, not a folder; choose another path")
         raise UserError(f"{what} {str(p)!r} cannot be created: {str(probe)!r} is a file, not a folder; "
                         "choose another path")
-    if not os.access(probe, os.W_OK | os.X_OK):
+    if not can_write(probe):
         owner = ""
         try:
             import pwd
@@ -378,7 +385,7 @@ def writable_file(path: str | Path, what: str) -> Path:
     p = Path(path)
     if p.is_dir():
         raise UserError(f"{what} {str(p)!r} is a folder; give a file name")
-    if p.exists() and not os.access(p, os.W_OK):
+    if p.exists() and not can_write(p):
         raise UserError(f"{what} {str(p)!r} exists and is not writable by this user")
     try:
         writable_dir(p.parent, what)
