@@ -347,6 +347,34 @@ def read_safetensors(path: str | Path, what: str, fix: str = "") -> dict:
         raise file_error(p, what, "is not a readable safetensors file (corrupt or truncated)", fix) from None
 
 
+def read_saved_module(cls: Callable[..., Any], meta_path: Path, weights_path: Path, *, format: str,
+                      allowed: set[str], what: str, fix: str, weights_hash: Callable[[dict], str]) -> tuple[Any, dict]:
+    """A module saved as a JSON record {format, kwargs, weights_hash, ...} beside its safetensors weights:
+    (module built from kwargs with the weights loaded, record). Anything that does not fit is a UserError."""
+    meta = read_json(meta_path, f"{what} record", fix)
+    if meta.get("format") != format:
+        raise file_error(meta_path, f"{what} record", f"is not a diffatlas {what} (format {format} expected)", fix)
+    kwargs = meta.get("kwargs")
+    if not isinstance(kwargs, dict) or set(kwargs) - allowed:
+        bad = sorted(set(kwargs) - allowed) if isinstance(kwargs, dict) else kwargs
+        raise file_error(meta_path, f"{what} record", f"has unknown architecture settings {bad}", fix)
+    try:
+        module = cls(**kwargs)
+    except (TypeError, ValueError, RuntimeError):
+        raise file_error(meta_path, f"{what} record", f"has architecture settings {kwargs} that cannot be built",
+                         fix) from None
+    state = read_safetensors(weights_path, f"{what} weights", fix)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError:
+        raise file_error(weights_path, f"{what} weights", f"do not match the architecture recorded in {meta_path}",
+                         fix) from None
+    if meta.get("weights_hash") and meta["weights_hash"] != weights_hash(state):
+        raise file_error(weights_path, f"{what} weights", f"do not have the weights hash recorded in {meta_path} "
+                         "(corrupt or replaced)", fix)
+    return module, meta
+
+
 def read_torch(path: str | Path, what: str, fix: str = "", map_location: Any = "cpu") -> Any:
     """A torch.save file of tensors, numbers and containers, loaded with weights_only=True (no code runs)."""
     import torch

@@ -380,7 +380,7 @@ def load_classifier(path_dir: str | Path, device: str | torch.device = "cpu") ->
 
     Raises UserError if the folder or a file is missing, the JSON is not a diffatlas classifier,
     or the weights' hash differs from the one recorded."""
-    from ..io import read_json, read_safetensors
+    from ..io import read_saved_module
 
     path = Path(path_dir)
     meta_path, weights_path = path / CLASSIFIER_META, path / CLASSIFIER_WEIGHTS
@@ -390,27 +390,10 @@ def load_classifier(path_dir: str | Path, device: str | torch.device = "cpu") ->
             " (train one with `diffatlas train-classifier`)"
         )
     fix = f"delete {str(path)!r} and train the classifier again (`diffatlas train-classifier`)"
-    meta = read_json(meta_path, "classifier record", fix)
-    if meta.get("format") != CLASSIFIER_FORMAT:
-        raise UserError(f"{meta_path} is not a diffatlas classifier (format {CLASSIFIER_FORMAT} expected)")
-    allowed = {"in_channels", "num_classes", "image_size", "width", "feature_dim", "dropout"}
-    kwargs = meta.get("kwargs", {})
-    if not isinstance(kwargs, dict) or set(kwargs) - allowed:
-        raise UserError(f"{meta_path}: unknown architecture settings {sorted(set(kwargs) - allowed)}; {fix}")
-    try:
-        net = SmallCNN(**kwargs)
-    except (TypeError, ValueError, RuntimeError):
-        raise UserError(f"{meta_path}: architecture settings {kwargs} cannot be built; {fix}") from None
-    state = read_safetensors(weights_path, "classifier weights", fix)
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError:
-        raise UserError(f"{weights_path} does not match the architecture in {meta_path}; {fix}") from None
+    net, meta = read_saved_module(SmallCNN, meta_path, weights_path, format=CLASSIFIER_FORMAT, what="classifier",
+                                  allowed={"in_channels", "num_classes", "image_size", "width", "feature_dim", "dropout"},
+                                  fix=fix, weights_hash=state_dict_hash)
     ext = ClassifierExtractor(net, dataset=str(meta.get("dataset", "unknown")), info=meta.get("info", {}))
-    if meta.get("weights_hash") and meta["weights_hash"] != ext.weights_hash:
-        raise UserError(
-            f"{weights_path} has weights hash {ext.weights_hash}, but {meta_path} records {meta['weights_hash']}"
-        )
     return ext.to(device)
 
 
