@@ -22,7 +22,7 @@ import torch
 
 from .. import validate
 from ..errors import UserError
-from ..validate import SEED, Range, arg
+from ..validate import Range, arg
 
 DEFAULT_NFE = "10,20,50,100,500,1000"
 PROBLEMS = ("mixture2d", "gaussian64")
