@@ -81,3 +81,19 @@ def test_report_renders_in_headless_chromium(study_out, tmp_path):
     a = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
     assert a.shape == (2000, 1200)
     assert a.std() > 10 and (a < 128).mean() > 0.005  # text, tables and figures, not a blank page
+
+
+def test_user_strings_are_text_in_figures_and_markdown(tmp_path):
+    """Axis values that matplotlib would read as math, and Markdown or HTML in names and labels, are shown
+    as they are written."""
+    out = tmp_path / "out"
+    d = {**FAKE_STUDY, "name": "[click](javascript:alert(1)) *bold*",
+         "axes": [{"product": {"dynamics.name": ["ddpm", "ncsn"], "model.weighting": ["$x^$", "<b>|</b>"]}}],
+         "seeds": [0, 1]}
+    Runner(study_from_dict(d), out, work=fake_work, resolve=no_resolve).run()
+    paths = write_report(out, samples=0)
+    md = paths["md"].read_text()
+    assert "[click](javascript" not in md and "\\[click\\](javascript:alert(1)) \\*bold\\*" in md
+    assert "\\$x^\\$" in md and "&lt;b&gt;\\|&lt;/b&gt;" in md and "<b>" not in md
+    assert "&lt;b&gt;|&lt;/b&gt;" in paths["html"].read_text()
+    assert any(p.name.startswith("curves-") for p in (out / "report_files").iterdir())  # the figures were drawn

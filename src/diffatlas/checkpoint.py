@@ -9,25 +9,16 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .errors import UserError
+from .io import (atomic_write_text, file_error, fsync_dir, read_json, read_jsonl, read_safetensors,  # noqa: F401
+                 read_torch)
 
 SNAPSHOT_PREFIX = "snapshot-"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fsync_file(path: Path) -> None:
@@ -35,47 +26,32 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a whole text file atomically: temporary file in the same folder, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+# ---- the logs and records of a run directory -------------------------------------------------
+
+STATS_FILE = "stats.jsonl"
+STATS_FIELDS = {"kimg": "number"}
+DATASET_FILE = "dataset.json"
+DATASET_FIELDS = {"shape": "shape", "num_classes": "integer or null"}
+META_FIELDS = {"kimg": "number", "step": "integer"}
 
 
-def append_line(path: str | Path, line: str) -> None:
-    """Append one line and fsync (the stats and metrics logs)."""
-    with open(path, "a") as f:
-        f.write(line.rstrip("\n") + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+def read_stats(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The tick records of RUN/stats.jsonl (a torn last line is skipped)."""
+    path = Path(run_dir) / STATS_FILE
+    return read_jsonl(path, "training log", fields=STATS_FIELDS,
+                      fix="delete or repair that line (the ticks after the last snapshot are rewritten on resume)")
 
 
-def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
-    """The JSON objects of a JSON-lines log (stats, metrics); a torn last line (a kill mid-write) is skipped."""
-    path = Path(path)
-    if not path.is_file():
-        return
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(d, dict):
-                yield d
+def read_dataset_info(run_dir: str | Path) -> dict[str, Any]:
+    """RUN/dataset.json: {name, split, shape, num_classes, size} of the data the run was trained on."""
+    path = Path(run_dir) / DATASET_FILE
+    info = read_json(path, "dataset record", fields=DATASET_FIELDS,
+                     fix=f"delete it and run `diffatlas train --run-dir {run_dir}` again, which writes it from the "
+                         "run's config (a finished run is not retrained)")
+    if info["num_classes"] is not None and info["num_classes"] < 1:
+        raise file_error(path, "dataset record", f"has num_classes={info['num_classes']}, not a positive integer",
+                         f"delete it and run `diffatlas train --run-dir {run_dir}` again")
+    return info
 
 
 def contiguous_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -104,51 +80,83 @@ def save_snapshot(run_dir: Path, kimg: float, weights: dict[str, dict[str, torch
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
         for f in tmp.iterdir():
             _fsync_file(f)
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():  # an identical snapshot from an interrupted earlier attempt
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
 
 
+def _snapshot_fix(path: Path) -> str:
+    return (f"delete {str(path)!r} or move it out of snapshots/ (training resumes from the snapshot before it, "
+            "evaluation uses the others)")
+
+
 def list_snapshots(run_dir: Path) -> list[Path]:
-    """Complete snapshots of a run, oldest first (temporary folders of killed writes are ignored)."""
+    """Complete snapshots of a run, oldest first. Temporary folders of interrupted writes (.tmp-*) are
+    not snapshots; anything else named snapshot-* that is not a snapshot folder is a UserError."""
     root = Path(run_dir) / "snapshots"
     if not root.is_dir():
         return []
-    snaps = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(SNAPSHOT_PREFIX) and (p / "meta.json").is_file()]
-    return sorted(snaps, key=lambda p: float(p.name[len(SNAPSHOT_PREFIX):]))
+    snaps = []
+    for p in root.iterdir():
+        if not p.name.startswith(SNAPSHOT_PREFIX):
+            continue
+        try:
+            kimg = float(p.name[len(SNAPSHOT_PREFIX):])
+        except ValueError:
+            raise file_error(p, "snapshot folder", "is not named snapshot-<kimg>", _snapshot_fix(p)) from None
+        if not p.is_dir():
+            raise file_error(p, "snapshot", "is a file, not a snapshot folder", _snapshot_fix(p))
+        if not (p / "meta.json").exists():
+            raise file_error(p, "snapshot folder", "has no meta.json (incomplete, or not written by diffatlas)",
+                             _snapshot_fix(p))
+        snaps.append((kimg, p))
+    return [p for _, p in sorted(snaps)]
+
+
+def remove_interrupted_writes(run_dir: Path) -> list[Path]:
+    """Delete the temporary folders of snapshot writes that were killed before their rename
+    (snapshots/.tmp-*); only the process that trains the run may call this. Returns what was removed."""
+    root = Path(run_dir) / "snapshots"
+    gone = sorted(root.glob(".tmp-*")) if root.is_dir() else []
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True)
+    return gone
 
 
 def load_meta(snapshot: Path) -> dict[str, Any]:
-    try:
-        return json.loads((Path(snapshot) / "meta.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        raise UserError(f"snapshot {str(snapshot)!r} is incomplete or corrupt (meta.json unreadable)") from None
+    """A snapshot's meta.json: {kimg, step, images}."""
+    return read_json(Path(snapshot) / "meta.json", "snapshot record", fields=META_FIELDS,
+                     fix=_snapshot_fix(Path(snapshot)))
 
 
 def load_weights(snapshot: Path, name: str) -> dict[str, torch.Tensor]:
-    path = Path(snapshot) / f"{name}.safetensors"
-    if not path.is_file():
-        raise UserError(f"snapshot {str(snapshot)!r} has no {name}.safetensors")
-    try:
-        return load_file(str(path))
-    except Exception:
-        raise UserError(f"snapshot file {str(path)!r} is corrupt (not a readable safetensors file)") from None
+    """The state_dict `name` (model or ema) of a snapshot."""
+    return read_safetensors(Path(snapshot) / f"{name}.safetensors", "snapshot weights", _snapshot_fix(Path(snapshot)))
+
+
+STATE_KEYS = ("optimizer", "data", "noise", "torch_rng")
 
 
 def load_state(snapshot: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Optimizer, data-order and RNG state of a snapshot (weights-only load: nothing is unpickled)."""
     path = Path(snapshot) / "state.pt"
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except FileNotFoundError:
-        raise UserError(f"snapshot {str(snapshot)!r} has no state.pt") from None
-    except Exception:
-        raise UserError(f"snapshot file {str(path)!r} is corrupt or holds more than tensors and numbers") from None
+    state = read_torch(path, "snapshot state", _snapshot_fix(Path(snapshot)), map_location=map_location)
+    missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise file_error(path, "snapshot state", f"lacks {', '.join(missing)}", _snapshot_fix(Path(snapshot)))
+    return state
+
+
+def snapshot_mismatch(snapshot: Path, what: str) -> UserError:
+    """The error for a snapshot whose contents do not fit the run (another network, another optimizer)."""
+    return file_error(snapshot, "snapshot", f"does not match the {what} of the run's config (copied from another "
+                      "run?)", _snapshot_fix(Path(snapshot)))
 
 
 def remove_old_snapshots(run_dir: Path, keep: Path) -> None:

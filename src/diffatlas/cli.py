@@ -43,11 +43,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args, extra = parser.parse_known_args(argv)
+        # `train --run-dir D a.b=1`: overrides may follow the options (set_defaults(trailing="overrides"))
+        trailing = getattr(args, "trailing", None)
+        if extra and trailing and all("=" in e and not e.startswith("-") for e in extra):
+            setattr(args, trailing, list(getattr(args, trailing)) + extra)
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as e:  # --help, or argparse's one-line usage error: return its exit code
+        return int(e.code or 0) if not isinstance(e.code, str) else 2
     try:
         rc = args.func(args)
     except (UserError, UnknownNameError) as e:
         print(f"diffatlas: error: {one_line(str(e))}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the file system refused (disk full, permissions changed meanwhile): not a bug
+        if e.filename is None:
+            raise
+        where = f"{e.filename!r}" + (f" -> {e.filename2!r}" if e.filename2 else "")
+        print(f"diffatlas: error: {one_line(e.strerror or str(e))}: {where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("diffatlas: interrupted", file=sys.stderr)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
+from . import validate
 from .errors import UserError
+from .validate import COUNT, SEED, STEPS, Range, arg
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -19,19 +22,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue from the latest complete snapshot (the default when the run dir holds one)")
     p.add_argument("--progress", choices=["auto", "bar", "lines"], default="auto")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, trailing="overrides")
 
     p = sub.add_parser("sample", help="sample a trained run and write a grid PNG and an .npz")
     p.add_argument("run", help="run directory")
-    p.add_argument("--n", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0, help="first per-sample seed (sample i uses seed + i)")
+    p.add_argument("--n", type=arg(COUNT), default=64)
+    p.add_argument("--seed", type=arg(SEED), default=0, help="first per-sample seed (sample i uses seed + i)")
     p.add_argument("--sampler", help="sampler name (diffatlas list samplers)")
-    p.add_argument("--steps", type=int, help="number of grid steps")
+    p.add_argument("--steps", type=arg(STEPS), help="number of grid steps")
     p.add_argument("--grid", help="time grid (diffatlas list grids)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="sampler option, e.g. eta=0.5")
     p.add_argument("--snapshot", default="last", help="kimg of the snapshot, or last")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--class", dest="klass", type=int, help="class label for conditional sampling")
+    p.add_argument("--class", dest="klass", type=arg(Range(0, validate.COUNT_MAX, integer=True)),
+                   help="class label for conditional sampling")
     p.add_argument("--guidance", help="classifier:SCALE or cfg:W")
     p.add_argument("--classifier", help="noise-aware classifier directory (for classifier guidance)")
     p.add_argument("--device", default="auto")
@@ -59,10 +63,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _device(name: str) -> str:
-    import torch
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    return validate.device(name)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -94,24 +95,35 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _parse_options(items: list[str]) -> dict:
-    import yaml
+    from .config import parse_value
+
     out = {}
     for item in items:
         if "=" not in item:
             raise UserError(f"--option {item!r} must be KEY=VALUE, e.g. eta=0.5")
         k, v = item.split("=", 1)
-        out[k] = yaml.safe_load(v)
+        out[k.strip()] = parse_value(v)
     return out
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .checkpoint import atomic_write_text
-    from .sampling import load_run, sample_run, save_image_grid
+    from .checkpoint import atomic_write_text, read_dataset_info
+    from .config import sampler_options
+    from .sampling import load_run, read_run_config, sample_run, save_image_grid
 
-    if args.n <= 0:
-        raise UserError(f"--n must be a positive number of samples, got {args.n}")
+    # everything checked before any work: the run, the request's size and seeds, the options, the output place
+    cfg = read_run_config(args.run)
+    shape = tuple(read_dataset_info(args.run)["shape"])
+    validate.seeds(args.seed, args.n)
+    per = 4 * math.prod(shape) * 3  # the samples, the grid image and the .npz copy
+    validate.memory(per * args.n, f"--n {args.n} samples of shape {shape}", "cpu", per, "samples")
+    options = sampler_options(args.sampler or cfg.sample.sampler, _parse_options(args.option))
+    if args.out:
+        validate.figure_path(args.out, "--out")
+    else:
+        validate.writable_dir(Path(args.run) / "samples", "samples folder")
     device = _device(args.device)
     cond, guidance = None, None
     if args.klass is not None or args.guidance:
@@ -119,7 +131,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         run = load_run(args.run, args.snapshot, device=device)
         cond, guidance = guidance_from_args(run, args.klass, args.guidance, args.classifier, args.n, device)
     res = sample_run(args.run, n=args.n, seed=args.seed, sampler=args.sampler, steps=args.steps, grid=args.grid,
-                     options=_parse_options(args.option), snapshot=args.snapshot, ema=not args.raw, cond=cond,
+                     options=options, snapshot=args.snapshot, ema=not args.raw, cond=cond,
                      guidance=guidance, device=device)
     name = f"{res['snapshot']}-{res['sampler']}-{res['steps']}-seed{args.seed}"
     if args.guidance:
@@ -178,7 +190,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def _list_networks(shape_arg: str | None) -> None:
     from .networks import describe_presets
 
-    shape = tuple(int(v) for v in shape_arg.split(",")) if shape_arg else None
+    shape = tuple(validate.number_list(shape_arg, "--shape", Range(1, 65536, integer=True))) if shape_arg else None
     rows = describe_presets(shape)
     print(f"  {'preset':<16} {'family':<12} {'shape':<12} {'params':>12} {'fwd GFLOPs':>11}  description")
     for r in rows:
@@ -190,12 +202,11 @@ def _list_networks(shape_arg: str | None) -> None:
 
 
 def cmd_snr_plot(args: argparse.Namespace) -> int:
-    import yaml
-
-    from .config import _call_defaults
+    from .config import _call_defaults, parse_value
     from .dynamics import DYNAMICS
     from .dynamics.plot import plot_log_snr
 
+    validate.figure_path(args.out, "--out")
     procs = {}
     for spec in args.dynamics:
         name, _, opts = spec.partition(":")
@@ -204,10 +215,12 @@ def cmd_snr_plot(args: argparse.Namespace) -> int:
             if "=" not in item:
                 raise UserError(f"{spec!r}: options must be KEY=VALUE, e.g. ddpm:schedule=cosine")
             k, v = item.split("=", 1)
-            given[k] = yaml.safe_load(v)
+            given[k.strip()] = parse_value(v)
         cls = DYNAMICS.get(name)
+        opts = _call_defaults(cls.__init__, given, "dynamics")
+        validate.config_numbers("dynamics", opts)
         try:
-            procs[spec] = cls(**_call_defaults(cls.__init__, given, f"dynamics {name}"))
+            procs[spec] = cls(**opts)
         except (TypeError, ValueError) as e:
             raise UserError(f"{spec}: {e}") from None
     out = plot_log_snr(procs, args.out, x=args.x)
@@ -224,6 +237,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from .sampling import load_run
 
     run = load_run(args.run, args.snapshot)
+    validate.writable_file(Path(args.run) / "doctor.json", "doctor record")
     d = run.cfg.data
     ds = load_dataset(d.name, root=d.root, split=d.split, resolution=d.resolution, **d.options)
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:64]

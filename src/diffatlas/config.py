@@ -12,7 +12,6 @@ names raise UserError with one line naming the valid choices.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
 import types
 import typing
@@ -22,7 +21,10 @@ from typing import Any
 
 import yaml
 
+from . import validate
 from .errors import UserError
+from .io import parse_yaml
+from .io import read_yaml as read_yaml_file
 
 
 @dataclass(frozen=True)
@@ -120,9 +122,7 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
-def _suggest(key: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(key, choices, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+_suggest = validate.suggest
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -213,11 +213,19 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     path = key.strip().split(".")
     if len(path) < 2 or not all(path):
         raise UserError(f"override {text!r} must name a section and a key, e.g. train.lr=2e-4")
+    return path, parse_value(raw)
+
+
+def parse_value(raw: str) -> Any:
+    """A command-line value as YAML (numbers, booleans, lists, mappings); text that is not YAML stays text,
+    YAML with a key given twice or runaway aliases is refused."""
+    if not raw.strip():
+        return None
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        yaml.safe_load(raw)
     except yaml.YAMLError:
-        value = raw
-    return path, value
+        return raw
+    return parse_yaml(raw, f"value {raw!r}")
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -237,18 +245,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def parse_yaml_file(path: str | Path, what: str = "config file") -> Any:
-    """A YAML file's content; a missing, non-text or malformed file is a one-line UserError."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{what} {str(p)!r} does not exist")
-    try:
-        return yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"{what} {str(p)!r} does not parse as YAML{where}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{what} {str(p)!r} is not a text file") from None
+    """A YAML file's content; a missing, non-text or malformed file (a key given twice, aliases that
+    expand without bound) is a one-line UserError."""
+    return read_yaml_file(path, what, fix="fix the file")
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -287,14 +286,65 @@ def _call_defaults(fn: Any, given: dict, where: str, skip: tuple[str, ...] = ())
     return out
 
 
+def _check_numbers(cfg: Config) -> None:
+    """Every number of every section is finite and inside its range (validate.CONFIG_RANGES)."""
+    for section in _SECTION_CLASSES:
+        values = {f.name: getattr(getattr(cfg, section), f.name) for f in fields(getattr(cfg, section))
+                  if f.name != "options"}
+        validate.config_numbers(section, values)
+
+
+def check_options(fn: Any, given: dict, where: str, skip: tuple[str, ...] = (), fields_too: tuple[str, ...] = (),
+                  label: str | None = None) -> dict:
+    """The options `given` for callable `fn` (a registry object's keyword arguments), checked without
+    filling defaults: every key is a parameter of `fn` (close match suggested), a number where the
+    default is a number (YAML 1.1 text such as 1e-3 becomes a float), true/false where it is a
+    boolean, and inside validate.OPTION_RANGES. Returns the options with such text converted.
+    where: the config section whose ranges apply; label: how messages name the options (default `where`);
+    fields_too: the section's own keys, offered beside the options when a key is unknown."""
+    label = label or where
+    sig = inspect.signature(fn).parameters
+    params = {n: p for n, p in sig.items() if n not in skip and n != "self"
+              and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    for key in given:
+        if key not in params:
+            valid = [*fields_too, *params]
+            raise UserError(f"unknown key {validate.key_name(label, key)}{validate.suggest(str(key), valid)}; "
+                            f"valid keys: {', '.join(valid) or '(none)'}")
+    out = {}
+    for key, value in given.items():
+        default = params[key].default
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise UserError(f"{validate.key_name(label, key)} must be true or false, got {value!r}")
+        elif isinstance(default, (int, float)) and isinstance(value, str):
+            value = float(validate.number(value, validate.key_name(label, key)))
+        out[key] = value
+    validate.config_numbers(where, out, label)
+    return out
+
+
+SAMPLER_CALL_ARGS = ("denoiser", "x", "ts", "generator", "cond", "denoise_final")
+
+
+def sampler_options(sampler: str, given: dict, label: str = "--option") -> dict:
+    """Options for sampler `sampler` (a SAMPLERS name), checked by :func:`check_options` before any sampling."""
+    from .samplers import SAMPLERS
+
+    return check_options(SAMPLERS.get(sampler), given, "sample", skip=SAMPLER_CALL_ARGS, label=label)
+
+
 def resolve(cfg: Config) -> Config:
-    """Check every registry name and fill every default into the config."""
+    """Check every name, key and number and fill every default into the config."""
     from .dynamics import DYNAMICS
     from .losses import WEIGHTINGS
     from .parameterization import PARAMETERIZATIONS
 
+    _check_numbers(cfg)
     dyn_cls = DYNAMICS.get(cfg.dynamics.name)
+    check_options(dyn_cls.__init__, cfg.dynamics.options, "dynamics", fields_too=_own_keys(DynamicsConfig))
     dyn_opts = _call_defaults(dyn_cls.__init__, cfg.dynamics.options, "dynamics")
+    validate.config_numbers("dynamics", dyn_opts)  # before building: steps=10**12 would allocate a table
     try:
         dyn = dyn_cls(**dyn_opts)
     except (TypeError, ValueError) as e:
@@ -302,41 +352,49 @@ def resolve(cfg: Config) -> Config:
     PARAMETERIZATIONS.get(cfg.model.parameterization)
     WEIGHTINGS.get(cfg.model.weighting)
     t = cfg.train
-    if t.batch <= 0:
-        raise UserError(f"train.batch must be a positive integer, got {t.batch}")
-    if t.kimg <= 0:
-        raise UserError(f"train.kimg (training length in thousands of images) must be positive, got {t.kimg}")
-    for key in ("tick_kimg", "snapshot_kimg", "lr"):
-        if getattr(t, key) <= 0:
-            raise UserError(f"train.{key} must be positive, got {getattr(t, key)}")
-    if not 0 <= t.label_dropout < 1:
-        raise UserError(f"train.label_dropout must be in [0, 1), got {t.label_dropout}")
     if t.precision not in ("fp32", "bf16"):
         raise UserError(f"train.precision must be fp32 or bf16, got {t.precision!r}")
     if t.compile_mode not in COMPILE_MODES:
         raise UserError(f"train.compile_mode must be one of {', '.join(COMPILE_MODES)}, got {t.compile_mode!r}")
-    if cfg.sample.n <= 0:
-        raise UserError(f"sample.n must be positive, got {cfg.sample.n}")
+    validate.device_name(t.device, "train.device")
+    validate.seeds(cfg.sample.seed, cfg.sample.n, "sample.seed")
     cfg = replace(cfg, dynamics=replace(cfg.dynamics, options=dyn.describe() | {k: v for k, v in dyn_opts.items()}))
     cfg = _resolve_registries(cfg, dyn)
     return cfg
 
 
+DATA_SPLITS = ("train", "test", "all")
+
+
+def _own_keys(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls) if f.name != "options")
+
+
 def _resolve_registries(cfg: Config, dyn: Any) -> Config:
-    """Names of the data, network and sampler axes; these registries live in optional modules."""
+    """Names and options of the data, network and sampler axes; these registries live in optional modules."""
     from .data import DATASETS
-    from .networks import PRESETS
+    from .networks import NETWORKS, PRESETS
     from .samplers import SAMPLERS
     from .sampling import default_sampling
     from .schedules import GRIDS
 
-    DATASETS.get(cfg.data.name)
-    PRESETS.get(cfg.network.preset)
+    d = cfg.data
+    data_opts = check_options(DATASETS.get(d.name), d.options, "data", skip=("root", "split", "resolution", "download"),
+                              fields_too=_own_keys(DataConfig))
+    if d.split not in DATA_SPLITS:
+        raise UserError(f"data.split must be one of {', '.join(DATA_SPLITS)}, got {d.split!r}")
+    family = NETWORKS.get(PRESETS.get(cfg.network.preset).family)
+    net_opts = check_options(family.__init__, cfg.network.options, "network",
+                             skip=("in_channels", "resolution", "shape", "num_classes"),
+                             fields_too=_own_keys(NetworkConfig))
     s = cfg.sample
     sampler, grid, steps = default_sampling(dyn, s.sampler, s.grid, s.steps)
     SAMPLERS.get(sampler)
+    sample_opts = check_options(SAMPLERS.get(sampler), s.options, "sample", skip=SAMPLER_CALL_ARGS,
+                                fields_too=_own_keys(SampleConfig))
     GRIDS.get(grid)
-    return replace(cfg, sample=replace(s, sampler=sampler, grid=grid, steps=steps))
+    return replace(cfg, data=replace(d, options=data_opts), network=replace(cfg.network, options=net_opts),
+                   sample=replace(s, sampler=sampler, grid=grid, steps=steps, options=sample_opts))
 
 
 def dump_yaml(cfg: Config) -> str:

@@ -46,8 +46,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .checkpoint import append_line, atomic_write_text, list_snapshots, load_meta
+from . import validate
+from .checkpoint import atomic_write_text, list_snapshots, load_meta, read_dataset_info
+from .config import sampler_options
 from .errors import UserError
+from .io import append_jsonl, read_jsonl
 from .sampling import default_sampling, generate, load_run, read_run_config
 
 METRICS_FILE = "metrics.jsonl"
@@ -67,12 +70,7 @@ LogFn = Callable[[str], Any]
 # small helpers
 # ------------------------------------------------------------------------------------------------
 def _device(name: str | torch.device | None) -> torch.device:
-    if name is None or str(name) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {str(name)!r}; use auto, cpu, cuda or cuda:N") from None
+    return torch.device(validate.device("auto" if name is None else str(name)))
 
 
 def _quiet(_: str) -> None:
@@ -233,6 +231,9 @@ def _load_extractor(name: str, cfg: Any, path: str | Path | None, device: torch.
 # ------------------------------------------------------------------------------------------------
 # the log: metrics.jsonl
 # ------------------------------------------------------------------------------------------------
+METRICS_FIELDS = {"kimg": "number", "metric": "string", "value": "number or null"}
+
+
 def entry_key(entry: dict[str, Any]) -> tuple:
     """The identity of a metrics.jsonl entry (:data:`KEY_FIELDS`); kimg rounded to 1e-6."""
     out = []
@@ -249,9 +250,8 @@ def entry_key(entry: dict[str, Any]) -> tuple:
 def read_metrics(run_dir: str | Path, *, dedupe: bool = True) -> list[dict[str, Any]]:
     """Entries of RUN/metrics.jsonl in file order; a torn last line is skipped; with dedupe, one entry
     per :func:`entry_key`, the last written winning (kept at its first position)."""
-    from .checkpoint import read_jsonl
-
-    entries = [d for d in read_jsonl(Path(run_dir) / METRICS_FILE) if "metric" in d and "kimg" in d]
+    entries = read_jsonl(Path(run_dir) / METRICS_FILE, "metrics log", fields=METRICS_FIELDS,
+                         fix="delete that line (`diffatlas evaluate` computes missing entries again)")
     if not dedupe:
         return entries
     by: dict[tuple, dict[str, Any]] = {}
@@ -331,11 +331,19 @@ def _check_metrics(metrics: str | Iterable[str]) -> list[str]:
 
 
 def _dataset_info(run_dir: Path) -> tuple[tuple[int, ...], int | None]:
-    try:
-        info = json.loads((run_dir / "dataset.json").read_text())
-        return tuple(int(v) for v in info["shape"]), (int(info["num_classes"]) if info.get("num_classes") else None)
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
-        raise UserError(f"run {str(run_dir)!r} has no readable dataset.json") from None
+    info = read_dataset_info(run_dir)
+    return tuple(info["shape"]), info["num_classes"]
+
+
+def _check_request(run_dir: Path, shape: tuple[int, ...], n: int, seed: int) -> None:
+    """Before any work: the seeds seed..seed+n-1 are valid, n samples fit in memory, the log can be written."""
+    validate.seeds(seed, n, "seed")
+    per = 4 * math.prod(shape) * 3  # the samples, their clamped copy and a chunk of features
+    validate.memory(per * n, f"{n} samples of shape {tuple(shape)}", "cpu", per, "samples")
+    validate.writable_dir(run_dir, "run directory")
+    log = run_dir / METRICS_FILE
+    if log.exists() and not validate.can_write(log):
+        raise UserError(f"metrics log {str(log)!r} is not writable by this user; fix its permissions")
 
 
 class _Reference:
@@ -526,10 +534,11 @@ def evaluate_run(
     sampler, grid, steps = default_sampling(dyn, sampler or s.sampler, grid or s.grid, int(steps or s.steps or 0))
     SAMPLERS.get(sampler)
     GRIDS.get(grid)
-    opts = {**dict(s.options), **dict(options or {})}
+    opts = sampler_options(sampler, {**dict(s.options), **dict(options or {})})
     parsed = parse_guidance_spec(guidance)
     guidance_label = f"{parsed[0]}:{parsed[1]:g}" if parsed else None
     dev = _device(device)
+    _check_request(run_dir, shape, n, seed)
     conditional = bool(cfg.network.conditional)
     if parsed is not None and parsed[0] == "cfg":  # fail before any work: cfg needs a conditional run
         from types import SimpleNamespace
@@ -653,7 +662,7 @@ def evaluate_run(
             entry = _json_clean(entry)
             lines.append(entry)
         for entry in lines:  # all metrics of the snapshot are known: now log them
-            append_line(path, json.dumps(entry, sort_keys=False))
+            append_jsonl(path, entry)
             logged[entry_key(entry)] = entry
         results.extend(logged[key_for(kimg, p)] for m in requested for p in PRODUCES.get(m, (m,)))
         log(f"evaluated {what}: " + "  ".join(f"{e['metric']} {e['value']:.4g}" for e in lines if e["value"] is not None)
@@ -704,27 +713,29 @@ def plot_curves(run_dir: str | Path, metric: str = "fid", out: str | Path | None
         have = sorted({e.get("metric") for e in read_metrics(run_dir)})
         raise UserError(f"run {str(run_dir)!r} has no {metric!r} entries in {METRICS_FILE}"
                         + (f"; it has: {', '.join(map(str, have))}" if have else "; run `diffatlas evaluate` first"))
+    path = Path(out) if out is not None else Path(run_dir) / f"curves-{metric}.png"
+    validate.figure_path(path, "curves plot")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for label, es in curves.items():
-        ks = [float(e["kimg"]) for e in es]
-        vs = [float(e["value"]) for e in es]
-        (line,) = ax.plot(ks, vs, marker="o", ms=3, label=label)
-        iv = [e.get("interval") for e in es]
-        if all(isinstance(v, list) and len(v) == 2 and None not in v for v in iv):
-            ax.fill_between(ks, [v[0] for v in iv], [v[1] for v in iv], color=line.get_color(), alpha=0.2)
-    hib = next(iter(curves.values()))[0].get("higher_is_better")
-    better = "" if hib is None else (" (higher is better)" if hib else " (lower is better)")
-    ax.set(xlabel="training images seen (kimg)", ylabel=f"{metric}{better}",
-           title=f"{metric} over training: {Path(run_dir).name}")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(out) if out is not None else Path(run_dir) / f"curves-{metric}.png"
+    with plt.rc_context({"text.parse_math": False}):  # labels hold user strings: '$' is not math here
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for label, es in curves.items():
+            ks = [float(e["kimg"]) for e in es]
+            vs = [float(e["value"]) for e in es]
+            (line,) = ax.plot(ks, vs, marker="o", ms=3, label=label)
+            iv = [e.get("interval") for e in es]
+            if all(isinstance(v, list) and len(v) == 2 and None not in v for v in iv):
+                ax.fill_between(ks, [v[0] for v in iv], [v[1] for v in iv], color=line.get_color(), alpha=0.2)
+        hib = next(iter(curves.values()))[0].get("higher_is_better")
+        better = "" if hib is None else (" (higher is better)" if hib else " (lower is better)")
+        ax.set(xlabel="training images seen (kimg)", ylabel=f"{metric}{better}",
+               title=f"{metric} over training: {Path(run_dir).name}")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=120)
@@ -792,8 +803,15 @@ def sample_size_run(
     s = cfg.sample
     sampler, grid, steps = default_sampling(make_dynamics(cfg), sampler or s.sampler, grid or s.grid,
                                             int(steps or s.steps or 0))
-    opts = {**dict(s.options), **dict(options or {})}
+    opts = sampler_options(sampler, {**dict(s.options), **dict(options or {})})
     dev = _device(device)
+    validate.seeds(seed, ns[-1], "seed")
+    per = 4 * math.prod(shape) * 3
+    validate.memory(per * ns[-1], f"{ns[-1]} samples of shape {tuple(shape)}", "cpu", per, "samples")
+    if out is not None:
+        validate.figure_path(out, "output plot")
+    else:
+        validate.writable_dir(run_dir, "run directory")
     ext = _load_extractor(extractor, cfg, extractor_path, dev, log)
     n_max = ns[-1]
     run = load_run(run_dir, kimg, device=dev)

@@ -3,7 +3,6 @@ seeds so that two samplers start from identical noise, and writing grids."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,11 +11,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .checkpoint import list_snapshots, load_meta, load_weights
-from .config import Config, from_dict, read_yaml
+from .checkpoint import list_snapshots, load_meta, load_weights, read_dataset_info, snapshot_mismatch
+from .config import Config, from_dict
 from .denoiser import Denoiser
 from .dynamics import Dynamics
 from .errors import UserError
+from .registry import UnknownNameError
 from .model import make_denoiser, make_dynamics, make_network
 
 DEFAULT_CONTINUOUS_STEPS = 50
@@ -48,19 +48,35 @@ class LoadedRun:
 
 
 def read_run_config(run_dir: str | Path) -> Config:
+    """The resolved config a run was trained with (RUN/config.yaml), checked like any config."""
+    from .config import resolve
+    from .io import read_yaml
+
     run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
+    path = run_dir / "config.yaml"
+    if not run_dir.is_dir() or not (path.exists() or path.is_symlink()):
         raise UserError(f"{str(run_dir)!r} is not a run directory (no config.yaml)")
-    return from_dict(read_yaml(run_dir / "config.yaml"))
+    fix = "restore it (a study's runs have theirs in the study ledger) or train a new run"
+    data = read_yaml(path, "run config", fix)
+    if not isinstance(data, dict):
+        raise UserError(f"run config {str(path)!r} is not a mapping of config sections; {fix}")
+    try:
+        return resolve(from_dict(data))  # checked like any config; a saved config is already resolved
+    except (UserError, UnknownNameError) as e:
+        raise UserError(f"run config {str(path)!r}: {e}; {fix}") from None
 
 
 def pick_snapshot(run_dir: str | Path, snapshot: str | float | None = None) -> Path:
     snaps = list_snapshots(Path(run_dir))
     if not snaps:
         raise UserError(f"run {str(run_dir)!r} has no complete snapshot yet")
-    if snapshot is None or snapshot == "last":
+    if snapshot is None or snapshot in ("last", "latest"):
         return snaps[-1]
-    want = float(snapshot)
+    try:
+        want = float(snapshot)
+    except (TypeError, ValueError):
+        raise UserError(f"snapshot {snapshot!r} is neither 'last' nor a kimg value; the run has: "
+                        + ", ".join(f"{load_meta(s)['kimg']:g}" for s in snaps)) from None
     for s in snaps:
         if abs(load_meta(s)["kimg"] - want) < 1e-6:
             return s
@@ -74,16 +90,14 @@ def load_run(run_dir: str | Path, snapshot: str | float | None = None, *, ema: b
     cfg = read_run_config(run_dir)
     snap = pick_snapshot(run_dir, snapshot)
     meta = load_meta(snap)
-    try:
-        info = json.loads((Path(run_dir) / "dataset.json").read_text())
-        shape, num_classes = tuple(info["shape"]), info["num_classes"]
-    except (OSError, json.JSONDecodeError, KeyError):
-        raise UserError(f"run {str(run_dir)!r} has no readable dataset.json") from None
+    info = read_dataset_info(run_dir)
+    shape, num_classes = tuple(info["shape"]), info["num_classes"]
     net = make_network(cfg, shape, num_classes)
+    weights = load_weights(snap, "ema" if ema else "model")
     try:
-        net.load_state_dict(load_weights(snap, "ema" if ema else "model"))
+        net.load_state_dict(weights)
     except RuntimeError:
-        raise UserError(f"snapshot {str(snap)!r} does not match the network of its config") from None
+        raise snapshot_mismatch(snap, "network") from None
     net.to(device).eval().requires_grad_(False)
     return LoadedRun(cfg, make_denoiser(cfg, net, make_dynamics(cfg)), snap, float(meta["kimg"]), tuple(shape),
                      num_classes if cfg.network.conditional else None)

@@ -24,11 +24,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from . import __version__
-from .checkpoint import (append_line, atomic_write_text, list_snapshots, load_meta, load_state, load_weights,
-                         read_jsonl, remove_old_snapshots, save_snapshot)
+from . import __version__, validate
+from .checkpoint import (DATASET_FILE, STATS_FILE, atomic_write_text, list_snapshots, load_meta, load_state,
+                         load_weights, read_stats, remove_interrupted_writes, remove_old_snapshots, save_snapshot,
+                         snapshot_mismatch)
 from .config import Config, dump_yaml, resolve, to_dict
 from .errors import UserError
+from .io import append_jsonl, exclusive, parse_yaml, read_json, read_text
 from .losses import denoising_loss
 from .model import make_denoiser, make_dynamics, make_network
 
@@ -44,13 +46,7 @@ def dist_info() -> tuple[int, int, int]:
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"train.device={name} but no CUDA device is available; use cpu or auto")
-    if name == "cuda":
-        return torch.device(f"cuda:{local_rank}")
-    return torch.device(name)
+    return torch.device(validate.device(name, "train.device", local_rank))
 
 
 # ---- data order ---------------------------------------------------------------------------
@@ -126,16 +122,48 @@ class Schedule:
 
 
 def _check_run_dir(run_dir: Path, cfg: Config) -> None:
+    """The run directory can be written, and holds no run of another config."""
+    validate.writable_dir(run_dir, "run directory")
     path = run_dir / "config.yaml"
-    if path.exists():
-        import yaml
-        try:
-            old = yaml.safe_load(path.read_text())
-        except yaml.YAMLError:
-            raise UserError(f"{path} exists but does not parse; move it away or use another run directory") from None
+    if path.exists() or path.is_symlink():
+        fix = "move it away or use another run directory (nothing was changed)"
+        old = parse_yaml(read_text(path, "run config", fix), f"run config {str(path)!r}", fix)
         if old != to_dict(cfg):
             raise UserError(f"run directory {str(run_dir)!r} already holds a different config; use another directory "
                             "(nothing was changed)")
+    if (run_dir / "snapshots").exists() and not (run_dir / "snapshots").is_dir():
+        raise UserError(f"{str(run_dir / 'snapshots')!r} is a file; the run directory keeps its snapshots there "
+                        "(move it away)")
+
+
+def _training_bytes(build: Any, shape: tuple[int, ...], batch: int, cond: bool) -> tuple[float, float]:
+    """(total, per sample) bytes one training step needs at least: float32 parameters with their gradients,
+    AdamW moments and EMA copy, plus the activations autograd saves for the backward pass, counted by a
+    forward pass of the network built by `build()` on the meta device (shapes only: nothing is allocated
+    or computed)."""
+    saved, state = [], 0
+    for b in (1, 2):
+        with torch.device("meta"):
+            net = build()
+            x = torch.zeros(b, *shape)
+            c = torch.zeros(b)
+            labels = torch.zeros(b, dtype=torch.long) if cond else None
+        state = sum(p.numel() for p in net.parameters()) * 4 * 5
+        total = 0
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                net(x, c, labels)
+        except (NotImplementedError, RuntimeError):  # an op without a meta kernel: count the data only
+            total = 0
+        saved.append(total)
+    per_sample = max(saved[1] - saved[0], 0) + 4 * 4 * math.prod(shape)  # + x0, eps, output and its gradient
+    return state + saved[0] + per_sample * (batch - 1), per_sample
 
 
 def environment(device: torch.device, cfg: Config, world: int) -> dict[str, Any]:
@@ -183,29 +211,60 @@ def _peak_mem_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _truncate_stats(path: Path, step: int) -> None:
-    """Drop ticks logged after the snapshot being resumed (they will be replayed)."""
+def _truncate_stats(run_dir: Path, step: int) -> None:
+    """Drop ticks logged after the snapshot being resumed (they will be replayed), and a torn last line."""
+    path = run_dir / STATS_FILE
     if not path.exists():
         return
-    keep = [json.dumps(d) for d in read_jsonl(path) if d.get("step", step + 1) <= step]
-    atomic_write_text(path, "".join(line + "\n" for line in keep))
+    records = read_stats(run_dir)
+    keep = [d for d in records if isinstance(d.get("step"), int) and d["step"] <= step]
+    if len(keep) != len(records) or path.read_bytes()[-1:] not in (b"", b"\n"):
+        rewrite = "".join(json.dumps(d) + "\n" for d in keep)
+        atomic_write_text(path, rewrite)
+
+
+DONE_FIELDS = {"kimg": "number", "step": "integer"}
 
 
 def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, log=print) -> dict[str, Any]:
     """Train (or resume) one run in run_dir. Returns the DONE record.
 
     Writes config.yaml (resolved), environment.json, stats.jsonl (one line per tick),
-    snapshots/snapshot-<kimg>/ and, at the end, doctor.json and DONE.
+    snapshots/snapshot-<kimg>/ and, at the end, doctor.json and DONE. One process trains a run
+    directory at a time (a second is refused); temporary folders of snapshot writes killed earlier
+    are removed at the start.
     """
-    from .data import load_dataset
-
     cfg = resolve(cfg)
     run_dir = Path(run_dir)
+    rank, _, _ = dist_info()
+    _check_run_dir(run_dir, cfg)
+    done_path = run_dir / "DONE"
+    if done_path.exists() and (run_dir / DATASET_FILE).exists():
+        return read_json(done_path, "run record", fields=DONE_FIELDS,
+                         fix=f"delete it: `diffatlas train --run-dir {run_dir}` then finds the run finished and "
+                             "writes it again")
+    if rank != 0:
+        return _train(cfg, run_dir, progress=progress, log=log)
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with exclusive(run_dir, "run directory"):
+            removed = remove_interrupted_writes(run_dir)
+            if removed:
+                log(f"removed {len(removed)} unfinished snapshot write(s) of an interrupted run: "
+                    + ", ".join(p.name for p in removed))
+            return _train(cfg, run_dir, progress=progress, log=log)
+    except UserError:
+        if created and not any(run_dir.iterdir()):  # refused before any work: leave no empty run directory
+            run_dir.rmdir()
+        raise
+
+
+def _train(cfg: Config, run_dir: Path, *, progress: bool | None, log) -> dict[str, Any]:
+    from .data import load_dataset
+
     rank, world, local_rank = dist_info()
     done_path = run_dir / "DONE"
-    _check_run_dir(run_dir, cfg)
-    if done_path.exists():
-        return json.loads(done_path.read_text())
     if cfg.train.batch % world:
         raise UserError(f"train.batch={cfg.train.batch} must be divisible by the number of processes ({world})")
 
@@ -223,15 +282,23 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, log
 
     dataset = load_dataset(cfg.data.name, root=cfg.data.root, split=cfg.data.split,
                            resolution=cfg.data.resolution, **cfg.data.options)
+    per_rank = cfg.train.batch // world
+    if not (done_path.exists() and rank == 0):  # refused before anything is written when a step cannot fit
+        need, per_sample = _training_bytes(lambda: make_network(cfg, dataset.shape, dataset.num_classes),
+                                           tuple(dataset.shape), per_rank, cfg.network.conditional)
+        validate.memory(need, f"training with train.batch={cfg.train.batch} ({per_rank} per process) on "
+                        f"{cfg.network.preset} at {tuple(dataset.shape)}", device, per_sample, "samples per process")
     if dataset.in_memory:
         dataset = dataset.to(device)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
         atomic_write_text(run_dir / "environment.json", json.dumps(environment(device, cfg, world), indent=1))
-        atomic_write_text(run_dir / "dataset.json", json.dumps(
+        atomic_write_text(run_dir / DATASET_FILE, json.dumps(
             {"name": dataset.name, "split": cfg.data.split, "shape": list(dataset.shape),
              "num_classes": dataset.num_classes, "size": len(dataset)}, indent=1))
+    if done_path.exists():  # a finished run whose dataset record was missing: it is written again above
+        return read_json(done_path, "run record", fields=DONE_FIELDS, fix="delete it and train again")
 
     # Same initial weights on every rank and in every process count: seeded before building.
     torch.manual_seed(cfg.train.seed)
@@ -253,17 +320,26 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, log
     if snaps:
         snap = snaps[-1]
         meta = load_meta(snap)
-        net.load_state_dict(load_weights(snap, "model"))
-        ema.load_state_dict(load_weights(snap, "ema"))
-        st = load_state(snap)
-        opt.load_state_dict(st["optimizer"])
-        sampler.load_state_dict(st["data"])
-        noise_gen.set_state(st["noise"])
-        torch.set_rng_state(st["torch_rng"])
+        model_sd, ema_sd, st = load_weights(snap, "model"), load_weights(snap, "ema"), load_state(snap)
+        try:
+            net.load_state_dict(model_sd)
+            ema.load_state_dict(ema_sd)
+        except RuntimeError:
+            raise snapshot_mismatch(snap, "network") from None
+        try:
+            opt.load_state_dict(st["optimizer"])
+            sampler.load_state_dict(st["data"])
+            noise_gen.set_state(st["noise"])
+            torch.set_rng_state(st["torch_rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError):
+            raise snapshot_mismatch(snap, "optimizer, data order or random state") from None
         step = int(meta["step"])
+        if not 0 < step <= sched.total:
+            raise snapshot_mismatch(snap, f"training length ({sched.total} steps; the snapshot is at step {step})")
         if rank == 0:
-            _truncate_stats(run_dir / "stats.jsonl", step)
             log(f"resuming {run_dir} from {snap.name} (kimg {sched.kimg(step):.3f})")
+    if rank == 0:
+        _truncate_stats(run_dir, step)  # a run killed before its first snapshot restarts at step 0
     if dist.is_initialized():
         dist.barrier()
 
@@ -278,7 +354,6 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, log
     denoiser = make_denoiser(cfg, train_net, dynamics)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if cfg.train.precision == "bf16" else nullcontext())
 
-    per_rank = sched.batch // world
     mine = slice(rank * per_rank, (rank + 1) * per_rank)
     bar = None
     if rank == 0 and (progress if progress is not None else sys.stderr.isatty()):
@@ -336,7 +411,7 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, log
                    "lr": lr, "images_per_s": n_steps * sched.batch / max(now - tick_start_time, 1e-9),
                    "peak_mem_mb": round(_peak_mem_mb(device), 1), "wall_s": round(now - t0, 3)}
             if rank == 0:
-                append_line(run_dir / "stats.jsonl", json.dumps(rec))
+                append_jsonl(run_dir / STATS_FILE, rec)
                 if bar is not None:
                     bar.set_postfix(kimg=f"{rec['kimg']:.1f}", loss=f"{rec['loss']:.4f}")
                 else:

@@ -11,7 +11,6 @@ class accuracy and FID/IS against the guidance scale.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -79,11 +78,12 @@ def dataset_num_classes(run: Any) -> int | None:
     """Number of classes of a loaded run's dataset (from its dataset.json), None if unlabelled."""
     if getattr(run, "num_classes", None):
         return int(run.num_classes)
+    from ..checkpoint import read_dataset_info
+
     d = _run_dir(run)
-    try:
-        k = json.loads((d / "dataset.json").read_text()).get("num_classes") if d is not None else None
-    except (OSError, json.JSONDecodeError):
-        k = None
+    if d is None or not (d / "dataset.json").exists():
+        return None
+    k = read_dataset_info(d)["num_classes"]
     return int(k) if k else None
 
 

@@ -332,9 +332,7 @@ def load_noisy_classifier(path_dir: str | Path, device: str | torch.device = "cp
 
     The training record is attached as `model.info`. Raises UserError for a missing folder or file, a
     JSON of another format (e.g. an evaluation classifier) or weights whose hash differs from the record."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
+    from ..io import read_saved_module
     from ..metrics.extractors import state_dict_hash
 
     path = Path(path_dir)
@@ -343,27 +341,10 @@ def load_noisy_classifier(path_dir: str | Path, device: str | torch.device = "cp
         hint = " (that is an evaluation classifier, not a noise-aware one)" if (path / "classifier.json").is_file() else ""
         raise UserError(f"no noise-aware classifier at {str(path)!r}: expected {NOISY_META} and {NOISY_WEIGHTS}{hint}; "
                         "train one with `diffatlas train-classifier --noisy RUN_OR_CONFIG`")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"{meta_path} is not valid JSON") from None
-    if not isinstance(meta, dict) or meta.get("format") != NOISY_FORMAT:
-        raise UserError(f"{meta_path} is not a diffatlas noise-aware classifier (format {NOISY_FORMAT} expected)")
-    kwargs = meta.get("kwargs")
-    allowed = {"shape", "num_classes", "width", "depth", "sigma_data"}
-    if not isinstance(kwargs, dict) or set(kwargs) - allowed:
-        raise UserError(f"{meta_path}: unknown architecture settings")
-    model = NoiseAwareClassifier(**kwargs)
-    try:
-        state = load_file(str(weights_path))
-    except (SafetensorError, OSError, ValueError):  # a truncated or foreign file
-        raise UserError(f"{weights_path} is not a readable safetensors file (corrupt or truncated)") from None
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError:
-        raise UserError(f"{weights_path} does not match the architecture recorded in {meta_path}") from None
-    if meta.get("weights_hash") and meta["weights_hash"] != state_dict_hash(state):
-        raise UserError(f"{weights_path} does not have the weights hash recorded in {meta_path} (corrupt or replaced)")
+    fix = "train it again with `diffatlas train-classifier --noisy RUN_OR_CONFIG`"
+    model, meta = read_saved_module(NoiseAwareClassifier, meta_path, weights_path, format=NOISY_FORMAT,
+                                    allowed={"shape", "num_classes", "width", "depth", "sigma_data"},
+                                    what="noise-aware classifier", fix=fix, weights_hash=state_dict_hash)
     model.info = meta.get("info", {})  # type: ignore[attr-defined]
     return model.to(device).eval().requires_grad_(False)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .. import validate
 from ..errors import UserError
+from ..validate import COUNT, SEED, STEPS, arg
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -13,35 +15,44 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="run directory")
     p.add_argument("--kind", default="classifier", help="classifier or cfg")
     p.add_argument("--scales", default="0,1,2,4,8", help="comma list of scales (classifier: s; cfg: w)")
-    p.add_argument("--n-per-class", type=int, default=50)
+    p.add_argument("--n-per-class", type=arg(COUNT), default=50)
     p.add_argument("--classifier", help="noise-aware guidance classifier directory, or untrained[:SEED] (the misguided control)")
     p.add_argument("--extractor-path", help="evaluation classifier directory (default: the dataset's, trained if absent)")
     p.add_argument("--sampler")
-    p.add_argument("--steps", type=int)
+    p.add_argument("--steps", type=arg(STEPS))
     p.add_argument("--grid")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=arg(SEED), default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="output folder (default RUN/guidance-<kind>)")
     p.set_defaults(func=cmd_guidance_sweep)
 
 
 def cmd_guidance_sweep(args: argparse.Namespace) -> int:
-    import torch
+    import math
 
+    from ..checkpoint import read_dataset_info
     from ..evaluate import evaluation_classifier
     from ..sampling import read_run_config
+    from . import GUIDANCE
     from .sweep import guidance_sweep
 
-    try:
-        scales = [float(s) for s in args.scales.split(",") if s.strip()]
-    except ValueError:
-        raise UserError(f"--scales must be a comma list of numbers, got {args.scales!r}") from None
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    GUIDANCE.get(args.kind)
+    scales = validate.number_list(args.scales, "--scales", validate.NON_NEGATIVE)
     cfg = read_run_config(args.run)
+    info = read_dataset_info(args.run)
+    if not info["num_classes"]:
+        raise UserError("a guidance sweep needs a labelled dataset; this run's dataset has no classes")
+    n = args.n_per_class * info["num_classes"]
+    validate.seeds(args.seed, n)
+    per = 4 * math.prod(info["shape"]) * 3
+    validate.memory(per * n, f"{n} samples ({args.n_per_class} per class)", "cpu", per * info["num_classes"],
+                    "samples per class")
+    out = Path(args.out) if args.out else Path(args.run) / f"guidance-{args.kind}"
+    validate.writable_dir(out, "--out")
+    device = validate.device(args.device)
     d = cfg.data
     extractor = evaluation_classifier(d.name, root=d.root, resolution=d.resolution, options=d.options,
                                       path=args.extractor_path, device=device)
-    out = Path(args.out) if args.out else Path(args.run) / f"guidance-{args.kind}"
     rows = guidance_sweep(args.run, args.kind, scales, n_per_class=args.n_per_class, extractor=extractor,
                           classifier_dir=args.classifier, sampler=args.sampler, steps=args.steps, grid=args.grid,
                           seed=args.seed, out_dir=out, device=device)

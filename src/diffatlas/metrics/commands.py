@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .. import validate
 from ..errors import UserError
+from ..validate import COUNT, COUNT_MAX, POSITIVE, SEED, STEPS, Range, arg
+
+BOOT = Range(0, 100_000, integer=True)
 
 EVAL_HELP = "comma-separated: fid, is, kid, pr (precision and recall), class_accuracy"
 
@@ -16,19 +20,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dataset", nargs="?", help="dataset name (diffatlas list datasets); omit with --noisy")
     p.add_argument("--out", "-o", help="output folder (default for the evaluation classifier: "
                                        "$DIFFATLAS_CACHE/classifiers/<dataset>-<resolution>, else ~/.cache/diffatlas/...)")
-    p.add_argument("--epochs", type=int, help="evaluation classifier: passes over the train split "
+    p.add_argument("--epochs", type=arg(Range(1, 100_000, integer=True)), help="evaluation classifier: passes over the train split "
                                              "(default 20, or 10 above 20,000 images)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=arg(SEED), default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--resolution", type=int, help="image side length (the run's data.resolution)")
+    p.add_argument("--resolution", type=arg(Range(1, validate.RESOLUTION_MAX, integer=True)), help="image side length (the run's data.resolution)")
     p.add_argument("--root", help="dataset files folder (the run's data.root)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="dataset option (data.options)")
-    p.add_argument("--batch", type=int, help="batch size (default 64; 128 with --noisy)")
-    p.add_argument("--lr", type=float, help="learning rate (default 2e-3; 1e-3 with --noisy)")
+    p.add_argument("--batch", type=arg(COUNT), help="batch size (default 64; 128 with --noisy)")
+    p.add_argument("--lr", type=arg(POSITIVE), help="learning rate (default 2e-3; 1e-3 with --noisy)")
     p.add_argument("--noisy", metavar="RUN_OR_CONFIG",
                    help="train the noise-aware classifier for classifier guidance of this run (or config)")
-    p.add_argument("--steps", type=int, default=2000, help="with --noisy: optimisation steps")
-    p.add_argument("--width", type=int, default=32, help="with --noisy: channel width")
+    p.add_argument("--steps", type=arg(Range(0, 10**9, integer=True)), default=2000,
+                   help="with --noisy: optimisation steps")
+    p.add_argument("--width", type=arg(Range(1, 4096, integer=True)), default=32, help="with --noisy: channel width")
     p.add_argument("--untrained", action="store_true",
                    help="with --noisy: save the seeded untrained classifier (the misguided control)")
     p.set_defaults(func=cmd_train_classifier)
@@ -38,9 +43,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="run directory")
     p.add_argument("--snapshots", default="all", help="all, last, 'every K' (kimg), or kimg values a,b,c")
     p.add_argument("--metrics", default="fid,is", help=EVAL_HELP)
-    p.add_argument("--n", type=int, default=1000, help="generated samples per snapshot")
+    p.add_argument("--n", type=arg(Range(2, COUNT_MAX, integer=True)), default=1000, help="generated samples per snapshot")
     p.add_argument("--sampler", help="sampler name (diffatlas list samplers); default: the run's")
-    p.add_argument("--steps", type=int, help="number of grid steps")
+    p.add_argument("--steps", type=arg(STEPS), help="number of grid steps")
     p.add_argument("--grid", help="time grid (diffatlas list grids)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="sampler option, e.g. eta=0.5")
     p.add_argument("--guidance", help="classifier:SCALE or cfg:W")
@@ -48,8 +53,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                         "(default RUN/noisy-classifier, trained when absent)")
     p.add_argument("--extractor", default="classifier", help="classifier (the dataset's evaluation classifier) or inception")
     p.add_argument("--extractor-path", help="evaluation classifier folder, or Inception weights file")
-    p.add_argument("--seed", type=int, default=0, help="first per-sample seed (sample i uses seed + i)")
-    p.add_argument("--boot", type=int, default=0, help="bootstrap resamples for 95%% intervals (0: none)")
+    p.add_argument("--seed", type=arg(SEED), default=0, help="first per-sample seed (sample i uses seed + i)")
+    p.add_argument("--boot", type=arg(BOOT), default=0, help="bootstrap resamples for 95%% intervals (0: none)")
     p.add_argument("--device", default="auto")
     p.add_argument("--progress", choices=["auto", "bar", "lines", "none"], default="auto")
     p.set_defaults(func=cmd_evaluate)
@@ -65,37 +70,30 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run", help="run directory")
     p.add_argument("--metrics", default="fid,is", help="comma-separated: fid, is, kid")
     p.add_argument("--ns", default="100,200,500,1000", help="comma-separated sample counts (each >= 10)")
-    p.add_argument("--boot", type=int, default=20, help="bootstrap resamples per point")
+    p.add_argument("--boot", type=arg(BOOT), default=20, help="bootstrap resamples per point")
     p.add_argument("--snapshot", default="last", help="kimg of the snapshot, or last")
     p.add_argument("--sampler")
-    p.add_argument("--steps", type=int)
+    p.add_argument("--steps", type=arg(STEPS))
     p.add_argument("--grid")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--extractor", default="classifier")
     p.add_argument("--extractor-path")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=arg(SEED), default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="PNG path (default RUN/sample-size/sample-size-<kimg>-<sampler>-<steps>.png)")
     p.set_defaults(func=cmd_sample_size)
 
 
 def _kv(items: list[str], what: str) -> dict:
-    import yaml
+    from ..config import parse_value
 
     out = {}
     for item in items:
         if "=" not in item:
             raise UserError(f"{what} {item!r} must be KEY=VALUE")
         k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        out[k.strip()] = parse_value(v)
     return out
-
-
-def _ints(text: str, what: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"{what} must be comma-separated integers, got {text!r}") from None
 
 
 def cmd_train_classifier(args: argparse.Namespace) -> int:
@@ -106,12 +104,13 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
             raise UserError("--noisy needs an output folder: -o DIR")
         if args.epochs is not None:
             raise UserError("--epochs applies to the evaluation classifier; the noise-aware one takes --steps")
-        if args.steps < 0:
-            raise UserError(f"--steps must be >= 0, got {args.steps}")
+        validate.writable_dir(args.out, "--out")
         from ..guidance import train_noisy_classifier_for
 
-        _, info = train_noisy_classifier_for(args.noisy, args.out, steps=args.steps, batch=args.batch or 128,
-                                             lr=args.lr or 1e-3, seed=args.seed, device=args.device,
+        _, info = train_noisy_classifier_for(args.noisy, args.out, steps=args.steps,
+                                             batch=128 if args.batch is None else args.batch,
+                                             lr=1e-3 if args.lr is None else args.lr, seed=args.seed,
+                                             device=validate.device(args.device),
                                              width=args.width, untrained=args.untrained, log=print)
         kind = "untrained noise-aware classifier (control)" if args.untrained else "noise-aware classifier"
         print(f"{kind} for {info.get('dataset')}: accuracy by noise level (chance {info.get('chance', 0):.3f}):")
@@ -123,16 +122,18 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
         raise UserError("--untrained applies to --noisy RUN_OR_CONFIG (the guidance classifier control)")
     if not args.dataset:
         raise UserError("give a DATASET (e.g. digits) or --noisy RUN_OR_CONFIG; see diffatlas list datasets")
-    if args.epochs is not None and args.epochs < 1:
-        raise UserError(f"--epochs must be >= 1, got {args.epochs}")
+    from ..config import check_options
     from ..data import DATASETS
-    from ..evaluate import train_eval_classifier
+    from ..evaluate import default_classifier_dir, train_eval_classifier
 
-    DATASETS.get(args.dataset)
+    options = check_options(DATASETS.get(args.dataset), _kv(args.option, "--option"), "data",
+                            skip=("root", "split", "resolution", "download"), label="--option")
+    validate.writable_dir(args.out or default_classifier_dir(args.dataset, args.resolution, options), "--out")
     _, info, path = train_eval_classifier(args.dataset, root=args.root, resolution=args.resolution,
-                                          options=_kv(args.option, "--option"), out_dir=args.out, epochs=args.epochs,
-                                          batch_size=args.batch or 64, lr=args.lr or 2e-3, seed=args.seed,
-                                          device=args.device, log=print)
+                                          options=options, out_dir=args.out, epochs=args.epochs,
+                                          batch_size=64 if args.batch is None else args.batch,
+                                          lr=2e-3 if args.lr is None else args.lr, seed=args.seed,
+                                          device=validate.device(args.device), log=print)
     print(f"evaluation classifier for {args.dataset}: test accuracy {info['test_accuracy']:.4f} "
           f"(train {info['train_accuracy']:.4f}, {info['test_split']}), weights {info['weights_hash']}: {path}")
     return 0
@@ -141,10 +142,6 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..evaluate import evaluate_run
 
-    if args.n < 2:
-        raise UserError(f"--n must be a number of samples >= 2, got {args.n}")
-    if args.boot < 0:
-        raise UserError(f"--boot must be >= 0, got {args.boot}")
     progress = {"auto": None, "bar": True, "lines": None, "none": False}[args.progress]
     entries = evaluate_run(args.run, metrics=args.metrics, n=args.n, snapshots=args.snapshots, sampler=args.sampler,
                            steps=args.steps, grid=args.grid, options=_kv(args.option, "--option"),
@@ -171,9 +168,8 @@ def cmd_curves(args: argparse.Namespace) -> int:
 def cmd_sample_size(args: argparse.Namespace) -> int:
     from ..evaluate import sample_size_run
 
-    if args.boot < 0:
-        raise UserError(f"--boot must be >= 0, got {args.boot}")
-    res = sample_size_run(args.run, metrics=args.metrics, ns=_ints(args.ns, "--ns"), n_boot=args.boot,
+    ns = validate.number_list(args.ns, "--ns", Range(10, COUNT_MAX, integer=True))
+    res = sample_size_run(args.run, metrics=args.metrics, ns=ns, n_boot=args.boot,
                           snapshot=args.snapshot, sampler=args.sampler, steps=args.steps, grid=args.grid,
                           options=_kv(args.option, "--option"), extractor=args.extractor,
                           extractor_path=args.extractor_path, seed=args.seed, device=args.device, out=args.out, log=print)

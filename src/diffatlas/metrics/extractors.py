@@ -380,7 +380,7 @@ def load_classifier(path_dir: str | Path, device: str | torch.device = "cpu") ->
 
     Raises UserError if the folder or a file is missing, the JSON is not a diffatlas classifier,
     or the weights' hash differs from the one recorded."""
-    from safetensors.torch import load_file
+    from ..io import read_saved_module
 
     path = Path(path_dir)
     meta_path, weights_path = path / CLASSIFIER_META, path / CLASSIFIER_WEIGHTS
@@ -389,27 +389,11 @@ def load_classifier(path_dir: str | Path, device: str | torch.device = "cpu") ->
             f"no classifier at {path}: expected {CLASSIFIER_META} and {CLASSIFIER_WEIGHTS}"
             " (train one with `diffatlas train-classifier`)"
         )
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{meta_path} is not valid JSON: {e}") from None
-    if not isinstance(meta, dict) or meta.get("format") != CLASSIFIER_FORMAT:
-        raise UserError(f"{meta_path} is not a diffatlas classifier (format {CLASSIFIER_FORMAT} expected)")
-    allowed = {"in_channels", "num_classes", "image_size", "width", "feature_dim", "dropout"}
-    kwargs = meta.get("kwargs", {})
-    if not isinstance(kwargs, dict) or set(kwargs) - allowed:
-        raise UserError(f"{meta_path}: unknown architecture settings {sorted(set(kwargs) - allowed)}")
-    net = SmallCNN(**kwargs)
-    state = load_file(str(weights_path))
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise UserError(f"{weights_path} does not match the architecture in {meta_path}: {str(e)[:200]}") from None
+    fix = f"delete {str(path)!r} and train the classifier again (`diffatlas train-classifier`)"
+    net, meta = read_saved_module(SmallCNN, meta_path, weights_path, format=CLASSIFIER_FORMAT, what="classifier",
+                                  allowed={"in_channels", "num_classes", "image_size", "width", "feature_dim", "dropout"},
+                                  fix=fix, weights_hash=state_dict_hash)
     ext = ClassifierExtractor(net, dataset=str(meta.get("dataset", "unknown")), info=meta.get("info", {}))
-    if meta.get("weights_hash") and meta["weights_hash"] != ext.weights_hash:
-        raise UserError(
-            f"{weights_path} has weights hash {ext.weights_hash}, but {meta_path} records {meta['weights_hash']}"
-        )
     return ext.to(device)
 
 

@@ -11,6 +11,7 @@ import base64
 import html
 import json
 import os
+import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -225,14 +226,29 @@ def _safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:80]
 
 
-def render_markdown(name: str, sections: list[Section], figure_dir: str) -> str:
-    def cell(s: str) -> str:
-        return str(s).replace("|", "\\|").replace("\n", " ")
+# Characters that Markdown (and the HTML it may carry) would read as markup; user strings (study names,
+# axis values, labels, errors) are written with them escaped, so report.md shows them as text.
+_MD_ESCAPES = str.maketrans({**{c: "\\" + c for c in "\\`*_[]|~$"}, "<": "&lt;", ">": "&gt;", "&": "&amp;"})
 
-    lines = [f"# Study report: {name}", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}.", ""]
+
+_MD_LIST_NUMBER = re.compile(r"^(\d+)([.)])")
+
+
+def markdown_text(text: object) -> str:
+    """`text` as literal Markdown: markup characters escaped, one line, no block syntax at its start."""
+    out = " ".join(str(text).translate(_MD_ESCAPES).split())
+    if out[:1] in ("#", "+", "-", "="):
+        return "\\" + out
+    return _MD_LIST_NUMBER.sub(r"\1\\\2", out)
+
+
+def render_markdown(name: str, sections: list[Section], figure_dir: str) -> str:
+    cell = markdown_text
+
+    lines = [f"# Study report: {cell(name)}", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}.", ""]
     for s in sections:
-        lines += [f"## {s.title}", ""]
-        lines += [t + "\n" for t in s.text]
+        lines += [f"## {cell(s.title)}", ""]
+        lines += [cell(t) + "\n" for t in s.text]
         for t in s.tables:
             lines.append("| " + " | ".join(cell(h) for h in t.header) + " |")
             lines.append("|" + "---|" * len(t.header))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import io
 from collections import defaultdict
@@ -16,6 +17,16 @@ import numpy as np  # noqa: E402
 from ..study.spec import short_key  # noqa: E402
 
 
+def _plain_text(fn: Any) -> Any:
+    """Draw with mathtext off: labels carry user strings (axis values), and '$x^$' is text, not math."""
+    @functools.wraps(fn)
+    def draw(*args: Any, **kwargs: Any) -> Any:
+        with plt.rc_context({"text.parse_math": False}):
+            return fn(*args, **kwargs)
+
+    return draw
+
+
 def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
@@ -23,6 +34,7 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
+@_plain_text
 def curves_per_axis(runs: Sequence[Any], axes: Sequence[str], metric: str, eval_setting: str) -> bytes | None:
     """metric vs kimg, one panel per axis, one line per axis value (mean over runs; band = min..max)."""
     axes = [a for a in axes if a != "guidance"] or ["seed"]
@@ -58,6 +70,7 @@ def curves_per_axis(runs: Sequence[Any], axes: Sequence[str], metric: str, eval_
     return _png(fig)
 
 
+@_plain_text
 def metric_vs_nfe(points: dict[str, list[tuple[float, float]]], metric: str) -> bytes | None:
     """Final metric vs NFE, one line per sampler. points: sampler -> [(nfe, value)]."""
     if not points:
@@ -88,6 +101,7 @@ def build_dynamics_from_config(d: dict) -> Any:
     return cls(**opts)
 
 
+@_plain_text
 def log_snr_plot(dynamics_configs: dict[str, dict]) -> bytes | None:
     """log-SNR(t) = 2 log(alpha/sigma) of each distinct dynamics (label -> config section)."""
     import torch

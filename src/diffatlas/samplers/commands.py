@@ -20,7 +20,9 @@ from typing import Any
 
 import torch
 
+from .. import validate
 from ..errors import UserError
+from ..validate import Range, arg
 
 DEFAULT_NFE = "10,20,50,100,500,1000"
 PROBLEMS = ("mixture2d", "gaussian64")
@@ -30,7 +32,7 @@ def add_commands(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "oracle", help="check every dynamics x sampler pair against an exact denoiser",
         description=__doc__.split("\n")[0])
-    p.add_argument("--n", type=int, default=250, help="samples per run (default 250, fast; raise it for a lower noise floor)")
+    p.add_argument("--n", type=arg(Range(10, validate.COUNT_MAX, integer=True)), default=250, help="samples per run (default 250, fast; raise it for a lower noise floor)")
     p.add_argument("--out", default="oracle-out", help="folder for oracle.png, oracle.jsonl (default oracle-out)")
     p.add_argument("--dynamics", default="all", help="comma-separated dynamics names or 'all'")
     p.add_argument("--samplers", default="all", help="comma-separated sampler names or 'all'")
@@ -38,8 +40,8 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--problems", default=",".join(PROBLEMS), help=f"comma-separated among {', '.join(PROBLEMS)}")
     p.add_argument("--start", choices=["prior", "marginal"], default="prior",
                    help="start from the dynamics' prior (default) or the exact noised data at t_max")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+    p.add_argument("--seed", type=arg(Range(0, validate.SEED_MAX - 2, integer=True)), default=0)
+    p.add_argument("--jobs", type=arg(Range(1, validate.WORKERS_MAX, integer=True)), default=min(2, os.cpu_count() or 1),
                    help="worker processes, one (problem, dynamics) pair each (default: up to 2)")
     p.set_defaults(func=run_oracle)
 
@@ -55,14 +57,8 @@ def _names(arg: str, registry: Any, what: str) -> list[str]:
     return names
 
 
-def _ints(arg: str) -> list[int]:
-    try:
-        vals = sorted({int(v) for v in arg.split(",") if v.strip()})
-    except ValueError:
-        raise UserError(f"--nfe must be comma-separated integers, got {arg!r}") from None
-    if not vals or vals[0] < 1:
-        raise UserError(f"--nfe budgets must be integers >= 1, got {arg!r}")
-    return vals
+def _ints(text: str) -> list[int]:
+    return sorted(set(validate.number_list(text, "--nfe", Range(1, validate.STEPS_MAX, integer=True))))
 
 
 def _problem(name: str) -> Any:
@@ -128,17 +124,17 @@ def run_oracle(args: argparse.Namespace) -> int:
     from ..dynamics import DYNAMICS
     from . import SAMPLERS
 
-    if args.n < 10:
-        raise UserError(f"--n must be >= 10, got {args.n}")
-    if args.jobs < 1:
-        raise UserError(f"--jobs must be >= 1, got {args.jobs}")
+    # the distances hold (n, 4n) float64 kernel matrices (MMD against a 4n reference sample)
+    avail = validate.available_memory("cpu") or 0
+    validate.memory(96 * args.n**2, f"the oracle with --n {args.n}", "cpu",
+                    largest=f"--n at most about {int(math.sqrt(avail / 96)):,}")
     dyn_names = _names(args.dynamics, DYNAMICS, "dynamics")
     smp_names = _names(args.samplers, SAMPLERS, "samplers")
     budgets = _ints(args.nfe)
     problems = [p.strip() for p in args.problems.split(",") if p.strip()]
     for p in problems:
         _problem(p)
-    out = Path(args.out)
+    out = validate.writable_dir(args.out, "--out")
     out.mkdir(parents=True, exist_ok=True)
 
     t_start = time.perf_counter()

@@ -6,8 +6,12 @@ import argparse
 import time
 from pathlib import Path
 
+from .. import validate
 from ..errors import UserError
+from ..validate import Range, arg
 from .spec import Study, load_study
+
+WORKERS = Range(1, validate.WORKERS_MAX, integer=True)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -17,15 +21,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     q = ssub.add_parser("plan", help="list the runs of a study and estimate its training time")
     q.add_argument("study", help="study file (YAML)")
     q.add_argument("--no-calibrate", action="store_true", help="skip the few measured training steps")
-    q.add_argument("--steps", type=int, default=3, help="timed training steps per distinct network/data (default 3)")
+    q.add_argument("--steps", type=arg(Range(1, 1000, integer=True)), default=3, help="timed training steps per distinct network/data (default 3)")
     q.set_defaults(func=cmd_plan)
 
     q = ssub.add_parser("run", help="run (or continue) a study: train and evaluate every run not done yet")
     q.add_argument("study", help="study file (YAML)")
     q.add_argument("--out", help="output folder (default studies-out/<name>)")
-    q.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    q.add_argument("--workers", type=arg(WORKERS), default=1, help="worker processes on this machine (default 1)")
     q.add_argument("--retry-failed", action="store_true", help="give failed runs a fresh set of attempts")
-    q.add_argument("--stale-after", type=float, default=600.0,
+    q.add_argument("--stale-after", type=arg(Range(0, 10**9, lo_open=True)), default=600.0,
                    help="seconds without a heartbeat after which another runner's run is taken over (default 600)")
     q.set_defaults(func=cmd_run)
 
@@ -37,12 +41,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     q = sub.add_parser("report", help="write report.md and report.html for a study")
     q.add_argument("study", help="study file (YAML) or its output folder")
     q.add_argument("--out", help="study output folder (default studies-out/<name>)")
-    q.add_argument("--samples", type=int, default=16, help="images per sample grid (0: none; default 16)")
+    q.add_argument("--samples", type=arg(Range(0, 10_000, integer=True)), default=16, help="images per sample grid (0: none; default 16)")
     q.set_defaults(func=cmd_report)
 
     q = sub.add_parser("quickstart", help="a small DDPM-vs-NCSN study on the bundled digits, trained, evaluated and reported")
     q.add_argument("--out", default="studies-out/quickstart", help="output folder (default studies-out/quickstart)")
-    q.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    q.add_argument("--workers", type=arg(WORKERS), default=2, help="worker processes (default 2)")
     q.set_defaults(func=cmd_quickstart)
 
 
@@ -94,6 +98,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ..report import write_report
 
     out = _study_or_folder(args.study, args.out)
+    validate.writable_dir(out, "study output folder")
     paths = write_report(out, samples=args.samples)
     print(f"report: {paths['html']}")
     print(f"        {paths['md']}")
@@ -106,7 +111,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     from .runner import Runner
 
     study = quickstart_study()
-    out = Path(args.out)
+    out = validate.writable_dir(args.out, "--out")
     t0 = time.time()
     counts = Runner(study, out, workers=args.workers).run()
     paths = write_report(out, samples=16)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..errors import UserError
+
 STATUSES = ("pending", "running", "done", "failed")
 
 _SCHEMA = """
@@ -40,6 +42,22 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+
+def ledger_error(path: Path, e: sqlite3.Error) -> UserError:
+    """A one-line error for a ledger SQLite cannot use: corrupt, truncated, foreign, read-only."""
+    text = str(e)
+    if any(w in text for w in ("not a database", "malformed", "corrupt")):
+        return UserError(f"study ledger {str(path)!r} is not a readable SQLite database ({text}); move it away: "
+                         "`diffatlas study run` then writes a new one and finds finished runs in their folders")
+    if any(w in text for w in ("readonly", "read-only", "unable to open", "disk I/O")):
+        return UserError(f"study ledger {str(path)!r} cannot be opened for writing ({text}); check the permissions "
+                         "of the file and its folder")
+    return UserError(f"study ledger {str(path)!r}: {text}")
+
+
+def _busy(e: sqlite3.Error) -> bool:
+    return isinstance(e, sqlite3.OperationalError) and ("locked" in str(e) or "busy" in str(e))
 
 
 def worker_name(tag: str | None = None) -> str:
@@ -100,17 +118,26 @@ class Ledger:
         self.max_attempts = max_attempts
         self.stale_after = stale_after
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None)
+        if self.path.is_dir():
+            raise UserError(f"study ledger {str(self.path)!r} is a folder; move it away")
+        try:
+            self._db = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None)
+        except sqlite3.Error as e:
+            raise ledger_error(self.path, e) from None
         for i in range(50):  # two runners creating the ledger at once: switching to WAL can report busy
             try:
                 self._db.execute("PRAGMA busy_timeout=60000")
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.executescript(_SCHEMA)
+                check = self._db.execute("PRAGMA quick_check(1)").fetchone()
+                if check is None or check[0] != "ok":
+                    raise sqlite3.DatabaseError(f"database disk image is malformed: {check[0] if check else ''}")
                 break
-            except sqlite3.OperationalError as e:
-                if ("locked" not in str(e) and "busy" not in str(e)) or i == 49:
-                    raise
+            except sqlite3.Error as e:
+                if not _busy(e) or i == 49:
+                    self._db.close()
+                    raise ledger_error(self.path, e) from None
                 time.sleep(0.05 * (i + 1))
 
     def close(self) -> None:
@@ -124,7 +151,7 @@ class Ledger:
 
     # ---- transactions ------------------------------------------------------------------------
     def _tx(self) -> "_Tx":
-        return _Tx(self._db)
+        return _Tx(self._db, self.path)
 
     # ---- setup -------------------------------------------------------------------------------
     def sync(self, runs: Iterable[Any], runs_root: str | Path) -> int:
@@ -223,7 +250,12 @@ class Ledger:
         r = db.execute("SELECT id, position, status, attempts, worker, heartbeat, started, finished, error, run_dir, config, labels "
                        "FROM runs WHERE id = ?", (rid,)).fetchone()
         run_dir = str(self.path.parent / r[9])  # an absolute stored path stays as it is
-        return RunRow(*r[:9], run_dir, json.loads(r[10]), json.loads(r[11]))
+        try:
+            config, labels = json.loads(r[10]), json.loads(r[11])
+        except (TypeError, json.JSONDecodeError):
+            raise UserError(f"study ledger {str(self.path)!r}: the row of run {r[0]} is damaged; move the ledger "
+                            "away (`diffatlas study run` writes a new one)") from None
+        return RunRow(*r[:9], run_dir, config, labels)
 
     def rows(self) -> list[RunRow]:
         ids = [r[0] for r in self._db.execute("SELECT id FROM runs ORDER BY position").fetchall()]
@@ -249,8 +281,9 @@ class Ledger:
 class _Tx:
     """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error): one writer at a time across processes."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
         self.db = db
+        self.path = path
 
     def __enter__(self) -> sqlite3.Connection:
         for i in range(100):
@@ -258,10 +291,21 @@ class _Tx:
                 self.db.execute("BEGIN IMMEDIATE")
                 return self.db
             except sqlite3.OperationalError as e:  # busy beyond busy_timeout: retry
-                if "locked" not in str(e) and "busy" not in str(e):
-                    raise
+                if not _busy(e):
+                    raise ledger_error(self.path, e) from None
                 time.sleep(0.05 * (i + 1))
         raise sqlite3.OperationalError("ledger is locked")
 
-    def __exit__(self, exc_type: Any, *rest: Any) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            try:
+                self.db.execute("COMMIT")
+                return
+            except sqlite3.Error as e:
+                exc = e
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error) and not _busy(exc):  # a read-only or damaged file: one line
+            raise ledger_error(self.path, exc) from None
+        if exc_type is None:
+            raise exc

@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+from ..checkpoint import read_stats
 from ..errors import UserError
 from .spec import RunSpec, Study, short_key
 from .status import format_duration
@@ -42,7 +43,7 @@ def calibrate(run: RunSpec, steps: int = 3) -> dict:
             train(cfg, Path(tmp) / "run", progress=False, log=lambda *a, **k: None)
         except UserError as e:
             return {"error": str(e)}
-        lines = [json.loads(l) for l in (Path(tmp) / "run" / "stats.jsonl").read_text().splitlines() if l.strip()]
+        lines = read_stats(Path(tmp) / "run")
     rates = [l["images_per_s"] for l in lines[1:]] or [l["images_per_s"] for l in lines]
     return {"images_per_s": float(pystats.median(rates)), "steps": len(rates), "seconds": time.perf_counter() - t0}
 

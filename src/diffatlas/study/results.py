@@ -7,7 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..checkpoint import read_jsonl
+from ..checkpoint import read_stats
 from ..errors import UserError
 from .convergence import convergence_point
 from .ledger import Ledger, RunRow
@@ -23,10 +23,15 @@ def eval_label(entry: dict) -> str:
 
 
 def last_stats(run_dir: Path) -> dict | None:
-    last = None
-    for d in read_jsonl(run_dir / "stats.jsonl"):
-        last = d
-    return last
+    stats = read_stats(run_dir)
+    return stats[-1] if stats else None
+
+
+def run_metrics(run_dir: Path) -> list[dict]:
+    """Every entry of RUN/metrics.jsonl in file order (not deduplicated)."""
+    from ..evaluate import read_metrics
+
+    return read_metrics(run_dir, dedupe=False)
 
 
 @dataclass
@@ -113,7 +118,7 @@ def load_results(out: str | Path, n: int | None = None) -> StudyResults:
     metrics: list[str] = list(ev.get("metrics") or [])
     for row in rows:
         rr = RunResult(row)
-        rr.entries = list(read_jsonl(Path(row.run_dir) / "metrics.jsonl"))
+        rr.entries = run_metrics(Path(row.run_dir))
         runs.append(rr)
         for e in rr.entries:
             if e.get("metric") not in metrics and e.get("metric") is not None:

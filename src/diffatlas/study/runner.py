@@ -25,6 +25,7 @@ from typing import Any, Callable
 import yaml
 
 from .. import config as C
+from .. import validate
 from ..checkpoint import atomic_write_text
 from ..errors import UserError, one_line
 from .ledger import Ledger, RunRow, worker_name
@@ -76,7 +77,7 @@ def train_and_evaluate(task: Task) -> None:
 # ---- output folder ---------------------------------------------------------------------------
 
 def default_out(study: Study) -> Path:
-    return Path("studies-out") / study.name
+    return Path("studies-out") / validate.folder_name(study.name, "study name")
 
 
 def prepare(study: Study, out: Path, resolve: Callable[[Any], Any] | None = None,
@@ -84,12 +85,18 @@ def prepare(study: Study, out: Path, resolve: Callable[[Any], Any] | None = None
     """Expand and validate the study first (nothing is written on a bad study), then open the
     ledger and add the runs not in it yet."""
     runs = study.runs(resolve)
+    validate.writable_dir(out, "study output folder")
+    for name in ("runs", "ledger.sqlite", "study.yaml"):
+        if (out / name).exists() and not validate.can_write(out / name):
+            raise UserError(f"{str(out / name)!r} is not writable by this user; fix its permissions")
+    if (out / "runs").exists() and not (out / "runs").is_dir():
+        raise UserError(f"{str(out / 'runs')!r} is a file; the study keeps its run folders there (move it away)")
     out.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(out / "ledger.sqlite", max_attempts=study.max_attempts, stale_after=stale_after)  # readable?
     (out / "runs").mkdir(exist_ok=True)
     text = yaml.safe_dump(study.raw, sort_keys=False) if study.raw else ""
     if text:  # a temporary file of its own per writer: runners may start side by side
         atomic_write_text(out / "study.yaml", text)
-    ledger = Ledger(out / "ledger.sqlite", max_attempts=study.max_attempts, stale_after=stale_after)
     ledger.sync(runs, out / "runs")
     ledger.set_meta("study_name", study.name)
     ledger.set_meta("run_ids", [r.id for r in runs])

@@ -36,8 +36,10 @@ from typing import Any, Callable, Sequence
 
 
 from .. import config as C
+from .. import validate
 from ..errors import UserError
 from ..registry import UnknownNameError
+from ..validate import COUNT_MAX, KIMG_MAX, SEED, STEPS, Range
 
 STUDY_KEYS = ("name", "description", "base", "base_file", "axes", "seeds", "budget_kimg", "evaluation", "max_attempts")
 EVAL_KEYS = ("metrics", "n", "every_kimg", "samplers", "n_sweep", "extractor", "seed")
@@ -155,7 +157,24 @@ class Study:
                                     "remove one of the axis values")
                 seen[rid] = f"{where} seed={seed}"
                 runs.append(RunSpec(rid, len(runs), cfg, labels))
+                self._check_guidance(cfg, where)
         return runs
+
+    def _check_guidance(self, cfg: Any, where: str) -> None:
+        """Classifier-free guidance in the evaluation plan needs a conditional run: refused now, not after training."""
+        from types import SimpleNamespace
+
+        from ..guidance import make_guidance, parse_guidance_spec
+
+        for j, setting in enumerate(self.evaluation.samplers):
+            parsed = parse_guidance_spec(setting.get("guidance"))
+            if parsed is None or parsed[0] != "cfg":
+                continue
+            probe = SimpleNamespace(num_classes=1 if cfg.network.conditional else None, cfg=cfg)
+            try:
+                make_guidance(probe, *parsed)
+            except UserError as e:
+                raise UserError(f"study {self.name!r}, run {where}: evaluation.samplers[{j}]: {e}") from None
 
 
 def short_key(key: str) -> str:
@@ -262,7 +281,19 @@ def _parse_group(group: Any, i: int) -> dict:
     return {"kind": kind, "combos": combos}
 
 
+def _registry_name(registry: Any, name: Any, where: str) -> str:
+    try:
+        registry.get(name)
+    except UnknownNameError as e:
+        raise UserError(f"{where}: {e}") from None
+    return str(name)
+
+
 def _parse_sampler_setting(s: Any, j: int) -> dict:
+    """One evaluation setting, every name and number checked now (not after the runs are trained)."""
+    from ..guidance import parse_guidance_spec
+    from ..samplers import SAMPLERS
+
     where = f"evaluation.samplers[{j}]"
     if s is None:
         return {}
@@ -270,54 +301,59 @@ def _parse_sampler_setting(s: Any, j: int) -> dict:
         s = {"sampler": s}
     if not isinstance(s, dict):
         raise UserError(f"{where}: expected a mapping such as {{sampler: heun, steps: 18}}, got {s!r}")
-    unknown = set(s) - {"sampler", "steps", "guidance"}
-    if unknown:
-        raise UserError(f"{where}: unknown key {sorted(unknown)[0]!r}; valid keys: sampler, steps, guidance")
+    validate.known_keys(s, ("sampler", "steps", "guidance"), where)
     out = {}
     if s.get("guidance") not in (None, "none"):
+        if not isinstance(s["guidance"], str):
+            raise UserError(f"{where}.guidance must be classifier:SCALE or cfg:W, got {s['guidance']!r}")
+        try:
+            parse_guidance_spec(s["guidance"])
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
         out["guidance"] = str(s["guidance"])
     if s.get("sampler") is not None:
-        out["sampler"] = str(s["sampler"])
+        out["sampler"] = _registry_name(SAMPLERS, s["sampler"], f"{where}.sampler")
     if s.get("steps") is not None:
-        if not isinstance(s["steps"], int) or isinstance(s["steps"], bool) or s["steps"] <= 0:
-            raise UserError(f"{where}.steps must be a positive integer, got {s['steps']!r}")
-        out["steps"] = int(s["steps"])
+        out["steps"] = int(validate.number(s["steps"], f"{where}.steps", STEPS))
     return out
 
 
 def _parse_evaluation(d: Any) -> Evaluation:
     if d is None:
         return Evaluation()
+    from ..metrics import EXTRACTORS, METRICS
+
     if not isinstance(d, dict):
         raise UserError(f"evaluation must be a mapping with keys {', '.join(EVAL_KEYS)}")
-    for k in d:
-        if k not in EVAL_KEYS:
-            raise UserError(f"unknown key evaluation.{k}{C._suggest(k, list(EVAL_KEYS))}; valid keys: {', '.join(EVAL_KEYS)}")
+    validate.known_keys(d, EVAL_KEYS, "evaluation")
     ev = Evaluation()
     metrics = d.get("metrics", list(ev.metrics))
     if isinstance(metrics, str):
         metrics = [metrics]
     if not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) for m in metrics):
         raise UserError(f"evaluation.metrics must be a non-empty list of metric names, got {metrics!r}")
-    n = d.get("n", ev.n)
-    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
-        raise UserError(f"evaluation.n must be a positive integer, got {n!r}")
+    for m in metrics:
+        _registry_name(METRICS, m, "evaluation.metrics")
+    samples = Range(2, COUNT_MAX, integer=True)  # a metric needs at least two samples
+    n = int(validate.number(d.get("n", ev.n), "evaluation.n", samples))
     every = d.get("every_kimg", ev.every_kimg)
-    if every is not None and (not isinstance(every, (int, float)) or isinstance(every, bool) or every <= 0):
-        raise UserError(f"evaluation.every_kimg must be a positive number, got {every!r}")
+    if every is not None:
+        every = float(validate.number(every, "evaluation.every_kimg", Range(0, KIMG_MAX, lo_open=True)))
     samplers = d.get("samplers", [{}])
     if not isinstance(samplers, list) or not samplers:
         raise UserError("evaluation.samplers must be a non-empty list of {sampler, steps} settings")
     settings = tuple(_parse_sampler_setting(s, j) for j, s in enumerate(samplers))
     sweep = d.get("n_sweep", [])
-    if not isinstance(sweep, list) or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sweep):
-        raise UserError(f"evaluation.n_sweep must be a list of positive integers, got {sweep!r}")
+    if not isinstance(sweep, list):
+        raise UserError(f"evaluation.n_sweep must be a list of sample counts, got {sweep!r}")
+    sweep = [int(validate.number(v, f"evaluation.n_sweep[{i}]", samples)) for i, v in enumerate(sweep)]
     extractor = d.get("extractor", ev.extractor)
-    seed = d.get("seed", ev.seed)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise UserError(f"evaluation.seed must be an integer, got {seed!r}")
-    return Evaluation(tuple(metrics), n, None if every is None else float(every), settings,
-                      tuple(sorted(set(sweep))), str(extractor), seed)
+    if not isinstance(extractor, str):
+        raise UserError(f"evaluation.extractor must be an extractor name, got {extractor!r}")
+    _registry_name(EXTRACTORS, extractor, "evaluation.extractor")
+    seed = int(validate.number(d.get("seed", ev.seed), "evaluation.seed", SEED))
+    validate.seeds(seed, max([n, *sweep]), "evaluation.seed")
+    return Evaluation(tuple(metrics), n, every, settings, tuple(sorted(set(sweep))), extractor, seed)
 
 
 def study_from_dict(d: Any, source: str | None = None, base_dir: Path | None = None) -> Study:
@@ -330,6 +366,8 @@ def study_from_dict(d: Any, source: str | None = None, base_dir: Path | None = N
     name = d.get("name")
     if not isinstance(name, str) or not name.strip():
         raise UserError("a study needs a `name` (a non-empty string)")
+    if not isinstance(d.get("description") or "", str):
+        raise UserError(f"study `description` must be a string, got {type(d['description']).__name__}")
     if "base" in d and "base_file" in d:
         raise UserError("give either `base` or `base_file`, not both")
     if "base_file" in d:
@@ -353,12 +391,12 @@ def study_from_dict(d: Any, source: str | None = None, base_dir: Path | None = N
         raise UserError(f"study `seeds` must be a non-empty list of integers, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise UserError(f"study `seeds` repeats a seed: {seeds!r}")
+    for i, s in enumerate(seeds):
+        validate.number(s, f"study `seeds[{i}]`", SEED)
     budget = d.get("budget_kimg")
-    if budget is not None and (not isinstance(budget, (int, float)) or isinstance(budget, bool) or budget <= 0):
-        raise UserError(f"study `budget_kimg` must be a positive number, got {budget!r}")
-    attempts = d.get("max_attempts", 2)
-    if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 1:
-        raise UserError(f"study `max_attempts` must be a positive integer, got {attempts!r}")
+    if budget is not None:
+        budget = validate.number(budget, "study `budget_kimg`", Range(0, KIMG_MAX, lo_open=True))
+    attempts = int(validate.number(d.get("max_attempts", 2), "study `max_attempts`", Range(1, 1000, integer=True)))
     return Study(name.strip(), base, axes, tuple(seeds), None if budget is None else float(budget),
                  _parse_evaluation(d.get("evaluation")), attempts, str(d.get("description") or ""), source, d)
 

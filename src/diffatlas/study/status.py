@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .ledger import Ledger
-from .results import last_stats, read_jsonl
+from .results import last_stats, run_metrics
 
 
 def study_status(out: str | Path) -> dict:
@@ -30,7 +30,7 @@ def study_status(out: str | Path) -> dict:
         st = last_stats(rd)
         budget = float(r.config.get("train", {}).get("kimg") or 0) or None
         kimg = float(st["kimg"]) if st else 0.0
-        entries = sum(1 for _ in read_jsonl(rd / "metrics.jsonl"))
+        entries = len(run_metrics(rd))
         secs = None
         if r.status == "done" and r.started and r.finished:
             secs = r.finished - r.started
