@@ -54,6 +54,7 @@ TIMING = ("wall_s", "sample_s", "time")  # how long, and when: the only fields a
 
 def counting_work(task: Task) -> None:
     """fake_work that first records each start of the run's work (one line per job that began it)."""
+    task.run_dir.mkdir(parents=True, exist_ok=True)
     with open(task.run_dir / "starts.txt", "a") as f:
         f.write(f"{os.getpid()}\n")
     fake_work(task)
@@ -146,6 +147,41 @@ def test_bad_executor_on_the_command_line_is_one_line(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_plan_prints_the_sbatch_script_of_one_run(tmp_path, capsys):
+    pytest.importorskip("submitit", reason="the slurm executor's tests need the extra: pip install 'diffatlas[slurm]'")
+    study = _write(tmp_path / "s.yaml", {**TINY, "executor": {
+        "name": "local", "cpus_per_run": 8, "gpus_per_run": 2, "mem_gb": 32,
+        "slurm": {"partition": "gpu", "time_min": 90, "account": "proj", "qos": "high", "sbatch": ["--constraint=a100"],
+                  "setup": ["source venv/bin/activate"]}}})
+    out = tmp_path / "out"
+    assert cli.main(["study", "plan", str(study), "--no-calibrate", "--executor", "slurm", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    first = study_from_dict(TINY).runs()[0].id
+    assert f"sbatch script of run {first}" in text and "torchrun with 2 processes" in text
+    script = text.split("#!/bin/bash", 1)[1]
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --cpus-per-task=8", "#SBATCH --gpus-per-node=2", "#SBATCH --mem=32768M",
+                 "#SBATCH --time=90", "#SBATCH --account=proj", "#SBATCH --qos=high", "#SBATCH --constraint=a100",
+                 "#SBATCH --requeue", "#SBATCH --signal=USR2@120", "#SBATCH --ntasks-per-node=1", "#SBATCH --open-mode=append",
+                 "source venv/bin/activate", f"-m submitit.core._submit {(out / 'jobs' / 'slurm').resolve()}"):
+        assert line in script, line
+    assert not out.exists()  # planning writes nothing
+    # the local executor's plan is what it was; ray prints each run's resource request
+    assert cli.main(["study", "plan", str(study), "--no-calibrate"]) == 0
+    assert "executor:" not in capsys.readouterr().out
+    assert cli.main(["study", "plan", str(study), "--no-calibrate", "--executor", "ray"]) == 0
+    assert "{'num_cpus': 8, 'num_gpus': 2, 'memory': 34359738368}" in capsys.readouterr().out
+
+
+def test_time_limit_checkpoint_requeues_the_same_run():
+    """submitit calls checkpoint() at Slurm's time-limit signal: the job it requeues does the same
+    run (same payload), which resumes from the run folder."""
+    pytest.importorskip("submitit", reason="the slurm executor's tests need the extra: pip install 'diffatlas[slurm]'")
+    from diffatlas.study.executors.slurm import SlurmRun
+    p = _payload(Path("/nonexistent"))
+    delayed = SlurmRun().checkpoint(p)
+    assert isinstance(delayed.function, SlurmRun) and delayed.args == (p,) and not delayed.kwargs
+
+
 # ---- the ledger: cluster jobs belong to their driver ----------------------------------------------
 
 def test_ledger_job_rows_are_adopted_by_drivers_not_reclaimed_by_local_workers(tmp_path):
@@ -235,17 +271,15 @@ def test_second_job_on_a_run_waits_for_the_first(tmp_path):
     assert len((Path(p.run_dir) / "starts.txt").read_text().splitlines()) == 2
 
 
-def test_multi_gpu_runs_train_under_torchrun(job_env, tmp_path):
+def test_multi_gpu_runs_train_under_torchrun(local_reference, tmp_path):
     """processes > 1 trains with torchrun (here 2 CPU processes, gloo): the path a multi-GPU job takes.
     The global batch is split across the processes: the losses are those of one process."""
     from diffatlas import config as C
     from diffatlas.study.runner import train_under_torchrun
 
-    st = study_from_dict({**TINY, "seeds": [0], "axes": []})
+    st = study_from_dict(TINY)
     r = st.runs()[0]
-    one, two = tmp_path / "one", tmp_path / "two"
-    from diffatlas.train import train
-    train(r.config, one, progress=False, log=lambda *a: None)
+    one, two = local_reference / "runs" / r.id, tmp_path / "two"
     train_under_torchrun(Task(r.id, two, r.config, r.config_dict, r.labels, st.evaluation, 1, processes=2))
     assert json.loads((two / "environment.json").read_text())["world_size"] == 2
     assert json.loads((two / "DONE").read_text())["kimg"] == pytest.approx(0.064)
@@ -253,6 +287,20 @@ def test_multi_gpu_runs_train_under_torchrun(job_env, tmp_path):
     losses = [[json.loads(l)["loss"] for l in (rd / "stats.jsonl").read_text().splitlines()] for rd in (one, two)]
     assert losses[1][0] == losses[0][0]  # the first step sees the same weights and the same batch
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)  # then float32 gradient sums in another order
+
+
+def test_cancel_interrupts_local_workers(job_env, tmp_path, capsys):
+    """`study cancel` on a study run by the local executor: its workers give their runs back and stop."""
+    study = _write(tmp_path / "s.yaml", FAKE)
+    out = tmp_path / "out"
+    p = _driver(study, out, delay=1.0)
+    _wait_for(lambda: _started(out) == 1, 60, "the first run to start")
+    assert cli.main(["study", "cancel", str(out)]) == 0
+    assert "and 1 local worker(s)" in capsys.readouterr().out
+    log, _ = p.communicate(timeout=60)
+    assert "interrupted; it resumes on the next `study run`" in log
+    with Ledger(out / "ledger.sqlite") as L:
+        assert all(r.status == "pending" and r.attempts == 0 for r in L.rows())  # the second run was never started
 
 
 # ---- the driver, against an in-process cluster ---------------------------------------------------
@@ -622,13 +670,14 @@ def test_slurm_driver_killed_and_a_time_limit_requeue(slurm, tmp_path):
     assert "re-attached to" in log
     with Ledger(out / "ledger.sqlite") as L:
         rows = {r.job: r for r in L.rows()}
-    requeued = rows[job]  # the same job id did the run to its end
+    joblog = (out / "jobs" / "slurm" / f"{jid}_0_log.out").read_text()
+    assert job in rows, f"{[(r.job, r.attempts, r.error) for r in rows.values()]}\n{log}\n{joblog}"  # the same job did it all
+    requeued = rows[job]
     rd = Path(requeued.run_dir)
     starts = (rd / "starts.txt").read_text().splitlines()
     assert len(starts) == 2  # begun by the job, begun again by the requeued job
     kimg = [json.loads(l)["kimg"] for l in (rd / "stats.jsonl").read_text().splitlines()]
     assert kimg == sorted(set(kimg)) and kimg[-1] == 10  # resumed from its snapshot: no step done twice
-    joblog = Path(requeued.log).read_text()
     assert "time limit near; the job is requeued" in joblog and joblog.count(f"run {requeued.id} attempt 1") == 2
     for r in rows.values():
         if r.job != job:
