@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -32,7 +31,7 @@ from diffatlas.study.executors.remote import (RESULT_NAME, JobPayload, JobState,
                                               run_job)
 from diffatlas.study.ledger import Ledger
 from diffatlas.study.runner import Runner, Task
-from diffatlas.study.spec import Evaluation, load_study, study_from_dict
+from diffatlas.study.spec import study_from_dict
 from test_study import FAKE_STUDY, fake_work, no_resolve
 
 HERE = Path(__file__).resolve().parent
@@ -524,93 +523,24 @@ def test_ray_cancel_stops_jobs_and_driver(ray_cluster, tmp_path, capsys):
 
 # ---- Slurm ----------------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def slurm(job_env):
     """A private single-node Slurm (Debian's slurm-wlm + munge) started as root; skips where it cannot run."""
     pytest.importorskip("submitit", reason="the slurm executor's tests need the extra: pip install 'diffatlas[slurm]'")
-    missing = [b for b in ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "srun") if shutil.which(b) is None]
-    if missing:
-        pytest.skip(f"no Slurm here ({', '.join(missing)} not found; Debian: apt-get install slurmctld slurmd slurm-client munge)")
-    if os.geteuid() != 0:
-        pytest.skip("starting a private slurmctld/slurmd needs root")
-    root = Path(tempfile.mkdtemp(prefix="diffatlas-slurm-"))
-    os.chmod(root, 0o755)
-    key, sock = root / "munge.key", root / "munge.sock"
-    key.write_bytes(os.urandom(128))
-    os.chmod(key, 0o600)
-    host = socket.gethostname().split(".")[0]
-    # cred_expire=5: a requeued job may start again 6 s later (default 121 s); the schedulers look every 1-2 s.
-    conf = f"""ClusterName=diffatlas-test
-SlurmctldHost={host}
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-AuthInfo=socket={sock},cred_expire=5
-CredType=cred/munge
-StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool
-SlurmctldPidFile={root}/slurmctld.pid
-SlurmdPidFile={root}/slurmd.pid
-SlurmctldLogFile={root}/slurmctld.log
-SlurmdLogFile={root}/slurmd.log
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-SchedulerType=sched/backfill
-SchedulerParameters=bf_interval=1,sched_interval=2
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-ReturnToService=2
-MpiDefault=none
-NodeName={host} CPUs={os.cpu_count()} RealMemory=1000 State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
-"""
-    (root / "state").mkdir()
-    (root / "spool").mkdir()
-    (root / "slurm.conf").write_text(conf)
+    from slurm_node import SlurmUnavailable, start_slurm_node
+
     saved = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = str(root / "slurm.conf")
-    daemons = [["munged", f"--socket={sock}", f"--key-file={key}", f"--pid-file={root / 'munged.pid'}",
-                f"--log-file={root / 'munged.log'}", f"--seed-file={root / 'munged.seed'}", "--force"],
-               ["slurmctld"], ["slurmd"]]
-    pids = [root / "munged.pid", root / "slurmctld.pid", root / "slurmd.pid"]
-
-    def stop() -> None:
-        subprocess.run(["scancel", "--user=root"], capture_output=True)
-        for pid_file in reversed(pids):
-            if pid_file.exists():
-                try:
-                    os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)
-                except (ProcessLookupError, ValueError):
-                    pass
-        if saved is None:
-            os.environ.pop("SLURM_CONF", None)
-        else:
-            os.environ["SLURM_CONF"] = saved
-
-    for cmd in daemons:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            stop()
-            pytest.skip(f"{cmd[0]} does not start here: {proc.stderr.strip()[-200:]}")
-    t = time.time() + 30
-    while subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout.strip() != "idle":
-        if time.time() > t:
-            log = (root / "slurmd.log").read_text()[-300:] if (root / "slurmd.log").exists() else ""
-            stop()
-            pytest.skip(f"the Slurm node did not come up: {log}")
-        time.sleep(0.3)
-    yield root
-    stop()
+    try:
+        node = start_slurm_node(Path(tempfile.mkdtemp(prefix="diffatlas-slurm-")))
+    except SlurmUnavailable as e:
+        pytest.skip(str(e))
+    os.environ["SLURM_CONF"] = str(node.conf)
+    yield node
+    node.stop()
+    if saved is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = saved
 
 
 def test_slurm_gives_the_local_executors_results(slurm, local_reference, tmp_path, capsys):

@@ -78,7 +78,7 @@ def sbatch_parameters(spec: ExecutorSpec, job_name: str) -> dict:
         params["setup"] = list(s.setup)
     extra: dict[str, Any] = {"requeue": True}  # allow `scontrol requeue` where JobRequeue=0 is the default
     if spec.mem_gb:
-        extra["mem"] = f"{int(round(spec.mem_gb * 1024))}M"
+        extra["mem"] = f"{round(spec.mem_gb * 1024)}M"
     extra.update(sbatch_option(line) for line in s.sbatch)
     params["additional_parameters"] = extra
     return params
@@ -163,7 +163,7 @@ class SlurmBackend:
             raise UserError("the slurm executor needs Slurm's squeue on this machine's PATH")
         cmd = ["squeue", "--noheader", "--states=all", "--array", f"--user={getpass.getuser()}", "--format=%i|%T|%j|%F|%K"]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         except subprocess.TimeoutExpired:
             raise ClusterBusy("squeue did not answer within 120 s") from None
         if proc.returncode != 0:
@@ -211,7 +211,7 @@ class SlurmBackend:
         if shutil.which("scancel") is None:
             raise UserError("the slurm executor needs Slurm's scancel on this machine's PATH")
         for args in ([plain] if plain else []) + [["--name", n] for n in sorted(set(named))]:
-            proc = subprocess.run(["scancel", *args], capture_output=True, text=True, timeout=120)
+            proc = subprocess.run(["scancel", *args], capture_output=True, text=True, timeout=120, check=False)
             if proc.returncode != 0 and "Invalid job id" not in proc.stderr:
                 raise UserError(f"scancel failed: {one_line(proc.stderr)[-300:]}")
 
