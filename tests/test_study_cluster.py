@@ -117,7 +117,7 @@ def test_executor_section_defaults_validation_and_cli_override():
     st = study_from_dict({"name": "x"})
     assert st.executor == ExecutorSpec() and not st.executor.remote  # no section: the local executor, as before
     spec = parse_executor({"name": "slurm", "cpus_per_run": 8, "gpus_per_run": 2, "mem_gb": 32,
-                           "slurm": {"partition": "gpu", "time_min": 90, "sbatch": ["--constraint=a100"], "setup": "module load cuda"}})
+                           "slurm": {"partition": "gpu", "time_min": 90, "sbatch": ["--constraint=a100"], "setup": ["module load cuda"]}})
     assert spec.slurm.setup == ("module load cuda",) and spec.resolved().poll_s == 30.0
     assert parse_executor("ray").resolved().poll_s == 2.0
     assert spec.resolved().to_dict()["slurm"]["sbatch"] == ["--constraint=a100"]  # every default resolved, storable

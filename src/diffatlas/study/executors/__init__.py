@@ -24,7 +24,7 @@ and follows it until the job's result file appears in the run directory (executo
 from __future__ import annotations
 
 import typing
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 from ... import config as C
@@ -99,28 +99,17 @@ def _check_number(key: str, value: Any, where: str) -> None:
 
 
 def _typed(cls: type, data: Any, where: str) -> Any:
-    """A dataclass from a mapping, each value checked against its annotation; one-line errors."""
+    """A dataclass from a mapping: config's own checks per value (types, unknown keys), nested
+    sections recursively, then the ranges; one-line errors."""
     if not isinstance(data, dict):
         raise UserError(f"{where} must be a mapping with keys {', '.join(f.name for f in fields(cls))}, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in fields(cls)]
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in hints:
-            raise UserError(f"unknown key {where}.{key}{C._suggest(str(key), names)}; valid keys: {', '.join(names)}")
-        tp = hints[key]
-        if tp == tuple[str, ...]:
-            value = [value] if isinstance(value, str) else value
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise UserError(f"{where}.{key} must be a list of strings, got {value!r}")
-            value = tuple(value)
-        elif isinstance(tp, type) and hasattr(tp, "__dataclass_fields__"):
-            value = _typed(tp, value or {}, f"{where}.{key}")
-        else:
-            value = C._coerce(value, tp, f"{where}.{key}")
-        _check_number(key, value, where)
-        kwargs[key] = value
-    return cls(**kwargs)
+    nested = {k: v for k, v in data.items() if is_dataclass(hints.get(k))}
+    obj = C._section_from_dict(cls, {k: v for k, v in data.items() if k not in nested}, where)
+    for key in data:
+        if key not in nested:
+            _check_number(key, getattr(obj, key), where)
+    return replace(obj, **{k: _typed(hints[k], v or {}, f"{where}.{k}") for k, v in nested.items()})
 
 
 def parse_executor(data: Any) -> ExecutorSpec:
