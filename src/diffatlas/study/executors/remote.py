@@ -282,8 +282,9 @@ class RemoteDriver:
                 time.sleep(self.spec.poll_s)
         except KeyboardInterrupt:
             if follow:
-                self.log(f"driver interrupted; {len(follow)} {self.spec.name} job(s) keep running: `diffatlas study run` "
-                         "re-attaches to them, `diffatlas study cancel` cancels them")
+                self.log(f"driver interrupted with {len(follow)} {self.spec.name} job(s) submitted: `diffatlas study run` "
+                         "re-attaches to those still running (and resumes the others from their snapshots), "
+                         "`diffatlas study cancel` cancels them")
             raise
         finally:
             ledger.close()
