@@ -40,15 +40,40 @@ class SlurmNode:
     def env(self) -> dict:
         return {**os.environ, "SLURM_CONF": str(self.conf)}
 
-    def stop(self) -> None:
-        """Cancel every job, then end slurmd, slurmctld and munged (the processes this node started)."""
-        subprocess.run(["scancel", "--user=root"], capture_output=True, env=self.env(), check=False)
+    def stop(self, timeout: float = 15.0) -> None:
+        """Cancel every job and let the node drain, then end slurmd, slurmctld and munged (the
+        processes this node started; a daemon that does not end in time is killed)."""
+        env = self.env()
+        subprocess.run(["scancel", "--user=root"], capture_output=True, env=env, check=False)
+        deadline = time.time() + timeout
+        while time.time() < deadline and subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True,
+                                                         env=env, check=False).stdout.strip():
+            time.sleep(0.3)  # a slurmd told to stop while steps are still ending can outlive slurmctld
+        pids = []
         for name in ("slurmd", "slurmctld", "munged"):
-            pid_file = self.root / f"{name}.pid"
             try:
-                os.kill(int(pid_file.read_text().split()[0]), signal.SIGTERM)
+                pid = int((self.root / f"{name}.pid").read_text().split()[0])
+                os.kill(pid, signal.SIGTERM)
+                pids.append(pid)
             except (OSError, ValueError, IndexError):
                 pass
+        deadline = time.time() + timeout
+        while pids and time.time() < deadline:
+            pids = [pid for pid in pids if _alive(pid)]
+            time.sleep(0.2)
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a daemon we started was re-parented: an exited one is a zombie until reaped
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def start_slurm_node(root: Path, timeout: float = 30.0) -> SlurmNode:
