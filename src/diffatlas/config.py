@@ -141,6 +141,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except UserError as e:
                 errors.append(str(e))
         raise UserError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]: a list of any length
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(v, args[0], where) for v in value)
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise UserError(f"{where}: expected a list of {len(args)} numbers, got {value!r}")

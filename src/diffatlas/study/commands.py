@@ -1,4 +1,4 @@
-"""CLI: `diffatlas study plan|run|status`, `diffatlas report`, `diffatlas quickstart`."""
+"""CLI: `diffatlas study plan|run|status|cancel`, `diffatlas report`, `diffatlas quickstart`."""
 
 from __future__ import annotations
 
@@ -22,12 +22,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("study", help="study file (YAML)")
     q.add_argument("--no-calibrate", action="store_true", help="skip the few measured training steps")
     q.add_argument("--steps", type=arg(Range(1, 1000, integer=True)), default=3, help="timed training steps per distinct network/data (default 3)")
+    q.add_argument("--executor", help="local, slurm or ray (default: the study's executor section, else local); "
+                                      "slurm prints the sbatch script of one run")
+    q.add_argument("--out", help="output folder the study would run in (default studies-out/<name>)")
     q.set_defaults(func=cmd_plan)
 
     q = ssub.add_parser("run", help="run (or continue) a study: train and evaluate every run not done yet")
     q.add_argument("study", help="study file (YAML)")
     q.add_argument("--out", help="output folder (default studies-out/<name>)")
-    q.add_argument("--workers", type=arg(WORKERS), default=1, help="worker processes on this machine (default 1)")
+    q.add_argument("--executor", help="local (worker processes on this machine), slurm (jobs through submitit) or ray "
+                                      "(actors on a Ray cluster); default: the study's executor section, else local")
+    q.add_argument("--workers", type=arg(WORKERS), default=None,
+                   help="local executor: worker processes on this machine (default: the study's, else 1)")
+    q.add_argument("--address", help="ray executor: the cluster, auto or HOST:PORT (default: ray.init's own search, "
+                                     "else a local Ray instance)")
     q.add_argument("--retry-failed", action="store_true", help="give failed runs a fresh set of attempts")
     q.add_argument("--stale-after", type=arg(Range(0, 10**9, lo_open=True)), default=600.0,
                    help="seconds without a heartbeat after which another runner's run is taken over (default 600)")
@@ -37,6 +45,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("study", help="study file (YAML) or its output folder")
     q.add_argument("--out", help="output folder (default studies-out/<name>)")
     q.set_defaults(func=cmd_status)
+
+    q = ssub.add_parser("cancel", help="cancel a study's queued and running cluster jobs and local workers")
+    q.add_argument("study", help="study file (YAML) or its output folder")
+    q.add_argument("--out", help="output folder (default studies-out/<name>)")
+    q.set_defaults(func=cmd_cancel)
 
     q = sub.add_parser("report", help="write report.md and report.html for a study")
     q.add_argument("study", help="study file (YAML) or its output folder")
@@ -70,21 +83,41 @@ def _study_or_folder(arg: str, out: str | None) -> Path:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .plan import plan_text
+    from .executors import with_cli
+    from .plan import executor_text, plan_text
 
     study = load_study(args.study)
+    spec = with_cli(study.executor, name=args.executor)
     runs = study.runs()
-    print(plan_text(study, runs, measure=not args.no_calibrate, steps=args.steps), flush=True)
+    text = plan_text(study, runs, measure=not args.no_calibrate, steps=args.steps)
+    if spec.remote:
+        text += "\n" + executor_text(spec, runs, _out_for(args, study))
+    print(text, flush=True)
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .executors import with_cli
     from .runner import Runner
 
     study = load_study(args.study)
-    counts = Runner(study, _out_for(args, study), workers=args.workers, stale_after=args.stale_after,
+    spec = with_cli(study.executor, name=args.executor, workers=args.workers, address=args.address)
+    counts = Runner(study, _out_for(args, study), executor=spec, stale_after=args.stale_after,
                     retry_failed=args.retry_failed).run()
     return 0 if counts["failed"] == 0 and counts["pending"] == 0 and counts["running"] == 0 else 1
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from .executors.remote import cancel_study
+
+    out = _study_or_folder(args.study, args.out)
+    rep = cancel_study(out)
+    print(f"cancelled {len(rep['jobs'])} cluster job(s)" + (f" ({', '.join(rep['jobs'])})" if rep["jobs"] else "")
+          + f" and {len(rep['local'])} local worker(s); {rep['runs']} run(s) pending again "
+          "(`diffatlas study run` resumes them from their last snapshots)")
+    for note in rep["notes"]:
+        print(f"note: {note}")
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -1,6 +1,7 @@
 """The study ledger: one SQLite database (WAL mode) in the study's output folder.
 
-    runs(id, position, status, attempts, worker, heartbeat, started, finished, error, run_dir, config, labels)
+    runs(id, position, status, attempts, worker, heartbeat, started, finished, error, run_dir, config, labels,
+         job, log)
 
 status is pending | running | done | failed. A runner claims a run inside one `BEGIN IMMEDIATE`
 transaction (SQLite's write lock), so concurrent runner processes never take the same run.
@@ -8,6 +9,13 @@ Before each claim, 'running' rows whose worker is gone are handed back: their he
 older than `stale_after` seconds, or their worker is a dead process on this host (a SIGKILLed
 runner). A reclaimed run is not counted as a failure: training and evaluation resume by
 themselves. A run whose work raised is retried until it has been attempted `max_attempts` times.
+
+`job` names the cluster job doing a run ("slurm:123", "slurm:123_4", "ray:<actor>") and `log`
+its log file. A running row with a job belongs to that job, not to a local worker: it is never
+handed back by the rule above; a driver of the same executor takes it over (`adopt`) when the
+driver that submitted it is gone, and re-attaches to the job instead of submitting it again.
+Only drivers and local runners, all on the machine that holds the study folder, open the ledger;
+cluster jobs never do.
 """
 
 from __future__ import annotations
@@ -38,10 +46,14 @@ CREATE TABLE IF NOT EXISTS runs (
     error TEXT,
     run_dir TEXT NOT NULL,
     config TEXT NOT NULL,
-    labels TEXT NOT NULL
+    labels TEXT NOT NULL,
+    job TEXT,
+    log TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+# Columns added after the first ledgers were written: an older ledger gains them when opened.
+_ADDED_COLUMNS = (("job", "TEXT"), ("log", "TEXT"))
 
 
 def ledger_error(path: Path, e: sqlite3.Error) -> UserError:
@@ -108,6 +120,8 @@ class RunRow:
     run_dir: str
     config: dict
     labels: dict
+    job: str | None = None
+    log: str | None = None
 
 
 class Ledger:
@@ -133,12 +147,23 @@ class Ledger:
                 check = self._db.execute("PRAGMA quick_check(1)").fetchone()
                 if check is None or check[0] != "ok":
                     raise sqlite3.DatabaseError(f"database disk image is malformed: {check[0] if check else ''}")
+                self._add_columns()
                 break
             except sqlite3.Error as e:
                 if not _busy(e) or i == 49:
                     self._db.close()
                     raise ledger_error(self.path, e) from None
                 time.sleep(0.05 * (i + 1))
+
+    def _add_columns(self) -> None:
+        def missing(db: sqlite3.Connection) -> list[tuple[str, str]]:
+            have = {r[1] for r in db.execute("PRAGMA table_info(runs)")}
+            return [(c, t) for c, t in _ADDED_COLUMNS if c not in have]
+
+        if missing(self._db):
+            with self._tx() as db:  # checked again under the write lock: another runner may have added them
+                for column, kind in missing(db):
+                    db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         self._db.close()
@@ -188,7 +213,8 @@ class Ledger:
 
     def _reclaim(self, db: sqlite3.Connection, now: float) -> list[str]:
         ids = []
-        for rid, worker, hb in db.execute("SELECT id, worker, heartbeat FROM runs WHERE status = 'running'").fetchall():
+        for rid, worker, hb in db.execute("SELECT id, worker, heartbeat FROM runs WHERE status = 'running' "
+                                          "AND job IS NULL").fetchall():
             if (hb is None or now - hb > self.stale_after) or worker_dead(worker):
                 ids.append(rid)
         for rid in ids:
@@ -210,7 +236,7 @@ class Ledger:
                 if only_ids is not None and rid not in only_ids:
                     continue
                 db.execute("UPDATE runs SET status = 'running', worker = ?, heartbeat = ?, started = ?, finished = NULL, "
-                           "attempts = attempts + 1 WHERE id = ?", (worker, now, now, rid))
+                           "attempts = attempts + 1, job = NULL, log = NULL WHERE id = ?", (worker, now, now, rid))
                 return self._row(db, rid)
         return None
 
@@ -234,11 +260,55 @@ class Ledger:
             return cur.rowcount == 1
 
     def release(self, run_id: str, worker: str) -> bool:
-        """Give a run back (interrupted by the user): pending again, the attempt not counted."""
+        """Give a run back (interrupted by the user, or its cluster job vanished without a result):
+        pending again, the attempt not counted."""
         with self._tx() as db:
-            cur = db.execute("UPDATE runs SET status = 'pending', worker = NULL, attempts = MAX(attempts - 1, 0) "
-                             "WHERE id = ? AND worker = ? AND status = 'running'", (run_id, worker))
+            cur = db.execute("UPDATE runs SET status = 'pending', worker = NULL, job = NULL, "
+                             "attempts = MAX(attempts - 1, 0) WHERE id = ? AND worker = ? AND status = 'running'",
+                             (run_id, worker))
             return cur.rowcount == 1
+
+    # ---- cluster jobs (written by the driver only) -------------------------------------------
+    def set_job(self, run_id: str, worker: str, job: str, log: str | None = None) -> bool:
+        """Record the cluster job (and its log file) doing a run claimed by `worker`."""
+        with self._tx() as db:
+            cur = db.execute("UPDATE runs SET job = ?, log = ?, heartbeat = ? WHERE id = ? AND worker = ? "
+                             "AND status = 'running'", (job, log, time.time(), run_id, worker))
+            return cur.rowcount == 1
+
+    def adopt(self, executor: str, worker: str, only: Iterable[str] | None = None) -> list[RunRow]:
+        """Take over the running rows with a job of `executor` whose driver is gone (a dead process
+        on this host, or no heartbeat for `stale_after` s); returns every running row of that
+        executor now held by `worker`, its own included. Their jobs keep running: nothing is
+        submitted again."""
+        now = time.time()
+        only_ids = set(only) if only is not None else None
+        with self._tx() as db:
+            held = []
+            for rid, owner, hb in db.execute("SELECT id, worker, heartbeat FROM runs WHERE status = 'running' "
+                                             "AND job LIKE ? ORDER BY position", (f"{executor}:%",)).fetchall():
+                if only_ids is not None and rid not in only_ids:
+                    continue
+                if owner != worker and not (hb is None or now - hb > self.stale_after or worker_dead(owner)):
+                    continue  # another live driver follows it
+                db.execute("UPDATE runs SET worker = ?, heartbeat = ? WHERE id = ?", (worker, now, rid))
+                held.append(rid)
+            return [self._row(db, rid) for rid in held]
+
+    def hand_back(self, run_ids: Iterable[str]) -> int:
+        """Make running rows pending again, whoever holds them (`study cancel`); the attempt is not counted."""
+        with self._tx() as db:
+            n = 0
+            for rid in run_ids:
+                n += db.execute("UPDATE runs SET status = 'pending', worker = NULL, job = NULL, "
+                                "attempts = MAX(attempts - 1, 0) WHERE id = ? AND status = 'running'", (rid,)).rowcount
+            return n
+
+    def heartbeat_all(self, worker: str) -> int:
+        """Refresh the heartbeat of every run `worker` holds (a driver following its jobs)."""
+        with self._tx() as db:
+            return db.execute("UPDATE runs SET heartbeat = ? WHERE worker = ? AND status = 'running'",
+                              (time.time(), worker)).rowcount
 
     def reset_failed(self) -> int:
         """Make failed runs eligible again (attempts back to 0)."""
@@ -247,15 +317,15 @@ class Ledger:
 
     # ---- reading -----------------------------------------------------------------------------
     def _row(self, db: sqlite3.Connection, rid: str) -> RunRow:
-        r = db.execute("SELECT id, position, status, attempts, worker, heartbeat, started, finished, error, run_dir, config, labels "
-                       "FROM runs WHERE id = ?", (rid,)).fetchone()
+        r = db.execute("SELECT id, position, status, attempts, worker, heartbeat, started, finished, error, run_dir, config, labels, "
+                       "job, log FROM runs WHERE id = ?", (rid,)).fetchone()
         run_dir = str(self.path.parent / r[9])  # an absolute stored path stays as it is
         try:
             config, labels = json.loads(r[10]), json.loads(r[11])
         except (TypeError, json.JSONDecodeError):
             raise UserError(f"study ledger {str(self.path)!r}: the row of run {r[0]} is damaged; move the ledger "
                             "away (`diffatlas study run` writes a new one)") from None
-        return RunRow(*r[:9], run_dir, config, labels)
+        return RunRow(*r[:9], run_dir, config, labels, r[12], r[13])
 
     def rows(self) -> list[RunRow]:
         ids = [r[0] for r in self._db.execute("SELECT id FROM runs ORDER BY position").fetchall()]

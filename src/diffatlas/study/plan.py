@@ -17,6 +17,7 @@ from typing import Callable
 
 from ..checkpoint import read_stats
 from ..errors import UserError
+from .executors import ExecutorSpec
 from .spec import RunSpec, Study, short_key
 from .status import format_duration
 
@@ -82,4 +83,30 @@ def plan_text(study: Study, runs: list[RunSpec], *, measure: bool = True, steps:
                      f"({res['seconds']:.1f} s measured); {len(members)} run(s) -> {format_duration(secs)} of training")
     lines.append(f"estimated training time, one worker: {format_duration(total)}" + ("" if known else " (partial)")
                  + "; evaluation not included")
+    return "\n".join(lines)
+
+
+def executor_text(spec: ExecutorSpec, runs: list[RunSpec], out: Path) -> str:
+    """What `study run` would submit with a cluster executor: the request per run and, for Slurm,
+    the sbatch script of the first run."""
+    from .runner import describe_request
+
+    spec = spec.resolved()
+    lines = [f"executor: {spec.name}, {len(runs)} job(s) of {describe_request(spec)} each"
+             + (f", at most {spec.max_jobs} at once" if spec.max_jobs else "")
+             + (f"; training under torchrun with {spec.gpus_per_run} processes per run" if spec.gpus_per_run > 1 else "")]
+    if spec.name == "slurm" and runs:
+        from .executors.slurm import sbatch_script
+
+        s = spec.slurm
+        lines.append(f"time limit {s.time_min} min; at the limit a job is requeued (at most {s.max_requeues} times) "
+                     f"and resumes from its last snapshot" + ("; runs claimed together go out as one job array" if s.array else ""))
+        lines.append(f"sbatch script of run {runs[0].id} (submitit also pickles the run's payload beside it):")
+        lines.append(sbatch_script(spec, out, runs[0].id))
+    elif spec.name == "ray":
+        request = {"num_cpus": spec.cpus_per_run, "num_gpus": spec.gpus_per_run}
+        if spec.mem_gb:
+            request["memory"] = int(spec.mem_gb * 2**30)
+        lines.append(f"each run: one detached Ray actor with {request} on the cluster at "
+                     f"{spec.ray.address or 'ray.init default (RAY_ADDRESS, a local `ray start` cluster, else a new local instance)'}")
     return "\n".join(lines)

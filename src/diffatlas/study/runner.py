@@ -1,4 +1,5 @@
-"""Run a study: K worker processes on one machine claim runs from the ledger and do each run's work.
+"""Run a study: K worker processes on one machine claim runs from the ledger and do each run's work
+(the local executor), or a driver submits each run as a cluster job (executors.remote).
 
 The per-run work is a callable `work(task: Task) -> None`, by default `train_and_evaluate`
 (diffatlas.train.train, then diffatlas.evaluate.evaluate_run for every sampler setting). Both
@@ -14,6 +15,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -28,6 +30,7 @@ from .. import config as C
 from .. import validate
 from ..checkpoint import atomic_write_text
 from ..errors import UserError, one_line
+from .executors import ExecutorSpec
 from .ledger import Ledger, RunRow, worker_name
 from .spec import Evaluation, Study
 
@@ -44,6 +47,7 @@ class Task:
     evaluation: Evaluation
     attempt: int
     log: Callable[[str], None] = field(default=print, repr=False)
+    processes: int = 1          # training processes (one per GPU of a multi-GPU cluster job, under torchrun)
 
 
 WorkFn = Callable[[Task], None]
@@ -57,8 +61,11 @@ def train_and_evaluate(task: Task) -> None:
     from ..train import train
 
     ev = task.evaluation
-    task.log(f"train {task.id} -> {task.run_dir}")
-    train(task.config, task.run_dir, progress=False, log=task.log)
+    task.log(f"train {task.id} -> {task.run_dir}" + (f" ({task.processes} processes, torchrun)" if task.processes > 1 else ""))
+    if task.processes > 1:
+        train_under_torchrun(task)
+    else:
+        train(task.config, task.run_dir, progress=False, log=task.log)
     for setting in ev.samplers:
         task.log(f"evaluate {task.id}: {', '.join(ev.metrics)} n={ev.n} sampler={setting.get('sampler', 'auto')} "
                  f"steps={setting.get('steps', 'auto')}")
@@ -72,6 +79,23 @@ def train_and_evaluate(task: Task) -> None:
         task.log(f"evaluate {task.id}: n={n} (sample-count sweep, final snapshot)")
         evaluate_run(task.run_dir, metrics=tuple(ev.metrics), n=n, snapshots="latest", sampler=first.get("sampler"),
                      steps=first.get("steps"), extractor=ev.extractor, seed=ev.seed, progress=False)
+
+
+def train_under_torchrun(task: Task) -> None:
+    """Train one run with `task.processes` processes on this node (torchrun, one per GPU; gloo on CPU).
+    diffatlas.train picks the process group up from torchrun's environment and resumes by itself."""
+    from ..config import dump_yaml
+
+    cfg_path = task.run_dir / ".torchrun-config.yaml"
+    atomic_write_text(cfg_path, dump_yaml(task.config))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={task.processes}",
+           "-m", "diffatlas.cli", "train", str(cfg_path), "--run-dir", str(task.run_dir), "--progress", "lines"]
+    # A cluster's preemption / time-limit signal (submitit: USR2) is for the job's own process, which
+    # requeues the job; torchrun and its ranks ignore it and end when the job is requeued.
+    sig = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2)
+    rc = subprocess.run(cmd, preexec_fn=lambda: signal.signal(sig, signal.SIG_IGN), check=False).returncode
+    if rc != 0:
+        raise RuntimeError(f"training under torchrun ({task.processes} processes) exited with status {rc}")
 
 
 # ---- output folder ---------------------------------------------------------------------------
@@ -136,8 +160,12 @@ def worker_loop(out: Path, study: Study, work: WorkFn, *, tag: str | None = None
     ledger = Ledger(out / "ledger.sqlite", max_attempts=study.max_attempts, stale_after=stale_after)
     total = len(run_ids) if run_ids is not None else len(ledger.rows())
     result = {"done": 0, "failed": 0}
+    started = time.time()
     try:
         while max_runs is None or result["done"] + result["failed"] < max_runs:
+            if cancelled_since(ledger, started):
+                log("the study was cancelled (diffatlas study cancel); no further run is started")
+                break
             row = ledger.claim(worker, only=run_ids)
             if row is None:
                 break
@@ -148,6 +176,14 @@ def worker_loop(out: Path, study: Study, work: WorkFn, *, tag: str | None = None
     finally:
         ledger.close()
     return result
+
+
+def cancelled_since(ledger: Ledger, t: float) -> bool:
+    """Has `diffatlas study cancel` been run on this study after time t?"""
+    return (ledger.get_meta(CANCEL_KEY) or 0.0) > t
+
+
+CANCEL_KEY = "cancelled_at"
 
 
 def _do_run(ledger: Ledger, row: RunRow, out: Path, study: Study, work: WorkFn, worker: str,
@@ -180,6 +216,16 @@ def _do_run(ledger: Ledger, row: RunRow, out: Path, study: Study, work: WorkFn, 
     else:
         log(f"run {row.id} finished here but was reclaimed by another runner meanwhile")
     return "done"
+
+
+def describe_request(spec: ExecutorSpec) -> str:
+    """What each cluster job asks for, in words: '8 CPUs, 1 GPU, 32 GB'."""
+    parts = [f"{spec.cpus_per_run} CPU{'s' if spec.cpus_per_run != 1 else ''}"]
+    if spec.gpus_per_run:
+        parts.append(f"{spec.gpus_per_run} GPU{'s' if spec.gpus_per_run != 1 else ''}")
+    if spec.mem_gb:
+        parts.append(f"{spec.mem_gb:g} GB")
+    return ", ".join(parts)
 
 
 # ---- worker processes ------------------------------------------------------------------------
@@ -230,27 +276,32 @@ def _gpu_count() -> int:
 
 
 class Runner:
-    """Runs a study into `out` with `workers` processes.
+    """Runs a study into `out`: with the local executor, `workers` processes on this machine; with
+    slurm or ray, a driver that submits each run as a cluster job (executors.remote).
 
     >>> Runner(load_study("studies/quickstart.yaml"), Path("out/quickstart"), workers=2).run()
 
+    `executor` defaults to the study file's `executor:` section, `workers` to its `workers`.
     `work` replaces the per-run work (train + evaluate) — tests inject fast fakes; `resolve`
     replaces config.resolve when expanding the study.
     """
 
-    def __init__(self, study: Study, out: str | Path | None = None, *, workers: int = 1, work: WorkFn = train_and_evaluate,
-                 resolve: Callable[[Any], Any] | None = None, stale_after: float = 600.0, heartbeat_s: float = 15.0,
-                 retry_failed: bool = False) -> None:
-        if workers < 1:
-            raise UserError(f"--workers must be at least 1, got {workers}")
+    def __init__(self, study: Study, out: str | Path | None = None, *, workers: int | None = None,
+                 work: WorkFn = train_and_evaluate, resolve: Callable[[Any], Any] | None = None,
+                 stale_after: float = 600.0, heartbeat_s: float = 15.0, retry_failed: bool = False,
+                 executor: ExecutorSpec | None = None, driver_options: dict | None = None) -> None:
+        self.executor = (executor or study.executor).resolved()
+        self.workers = self.executor.workers if workers is None else workers
+        if self.workers < 1:
+            raise UserError(f"--workers must be at least 1, got {self.workers}")
         self.study = study
         self.out = Path(out) if out is not None else default_out(study)
-        self.workers = workers
         self.work = work
         self.resolve = resolve
         self.stale_after = stale_after
         self.heartbeat_s = heartbeat_s
         self.retry_failed = retry_failed
+        self.driver_options = driver_options or {}  # RemoteDriver keyword arguments (tests: faster polling)
 
     def run(self) -> dict:
         """Do every run not done yet; returns the ledger's status counts."""
@@ -259,10 +310,17 @@ class Runner:
             ledger.reset_failed()
         ids = [r.id for r in runs]
         c = ledger.counts()
+        where = (f"{self.workers} worker(s)" if not self.executor.remote
+                 else f"{self.executor.name} jobs ({describe_request(self.executor)} per run)")
         print(f"study {self.study.name}: {len(runs)} runs in {self.out} ({c['done']} done, {c['failed']} failed); "
-              f"{self.workers} worker(s)", flush=True)
+              f"{where}", flush=True)
         ledger.close()
-        if self.workers == 1:
+        if self.executor.remote:
+            from .executors.remote import RemoteDriver
+
+            RemoteDriver(self.study, self.out, self.executor, work=self.work, stale_after=self.stale_after,
+                         **self.driver_options).drive(ids)
+        elif self.workers == 1:
             worker_loop(self.out, self.study, self.work, run_ids=ids, stale_after=self.stale_after, heartbeat_s=self.heartbeat_s)
         else:
             self._run_processes(ids)

@@ -19,6 +19,7 @@ A study file (YAML) reads
       samplers: [{sampler: heun, steps: 18}, {sampler: ddim, steps: 50}]
       n_sweep: [250, 500, 1000] # extra evaluations of the final snapshot at these sample counts
     max_attempts: 2
+    executor: {name: slurm, gpus_per_run: 1, slurm: {partition: gpu}}   # where runs execute (study.executors)
 
 Groups combine by Cartesian product; a run is base + one combination + one seed. Its id is a
 short SHA-256 of its resolved config (JSON with sorted keys), so the same run gets the same id
@@ -40,8 +41,10 @@ from .. import validate
 from ..errors import UserError
 from ..registry import UnknownNameError
 from ..validate import COUNT_MAX, KIMG_MAX, SEED, STEPS, Range
+from .executors import ExecutorSpec, parse_executor
 
-STUDY_KEYS = ("name", "description", "base", "base_file", "axes", "seeds", "budget_kimg", "evaluation", "max_attempts")
+STUDY_KEYS = ("name", "description", "base", "base_file", "axes", "seeds", "budget_kimg", "evaluation", "max_attempts",
+              "executor")
 EVAL_KEYS = ("metrics", "n", "every_kimg", "samplers", "n_sweep", "extractor", "seed")
 # Keys the study sets itself; an axis over them would fight with `seeds`, `budget_kimg`, `every_kimg`.
 RESERVED = {"train.seed": "seeds", "train.kimg": "budget_kimg"}
@@ -102,6 +105,7 @@ class Study:
     description: str = ""
     source: str | None = None
     raw: dict = field(default_factory=dict)
+    executor: ExecutorSpec = field(default_factory=ExecutorSpec)  # where runs execute; never part of a run's id
 
     @property
     def axis_keys(self) -> list[str]:
@@ -398,7 +402,8 @@ def study_from_dict(d: Any, source: str | None = None, base_dir: Path | None = N
         budget = validate.number(budget, "study `budget_kimg`", Range(0, KIMG_MAX, lo_open=True))
     attempts = int(validate.number(d.get("max_attempts", 2), "study `max_attempts`", Range(1, 1000, integer=True)))
     return Study(name.strip(), base, axes, tuple(seeds), None if budget is None else float(budget),
-                 _parse_evaluation(d.get("evaluation")), attempts, str(d.get("description") or ""), source, d)
+                 _parse_evaluation(d.get("evaluation")), attempts, str(d.get("description") or ""), source, d,
+                 executor=parse_executor(d.get("executor")))
 
 
 def load_study(path: str | Path) -> Study:

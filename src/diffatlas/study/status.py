@@ -12,7 +12,7 @@ from .results import last_stats, run_metrics
 
 
 def study_status(out: str | Path) -> dict:
-    """{counts, runs: [{id, status, attempts, kimg, budget, entries, error, seconds}], eta_s}."""
+    """{counts, runs: [{id, status, attempts, kimg, budget, entries, error, seconds, job, log}], eta_s}."""
     out = Path(out)
     if not (out / "ledger.sqlite").is_file():
         raise UserError(f"{str(out)!r} holds no study (no ledger.sqlite); start it with `diffatlas study run`")
@@ -43,7 +43,8 @@ def study_status(out: str | Path) -> dict:
         if r.status in ("pending", "running"):
             frac_left += 1.0 - (progress if r.status == "running" else 0.0)
         runs.append({"id": r.id, "status": r.status, "attempts": r.attempts, "kimg": kimg, "budget": budget,
-                     "entries": entries, "error": r.error, "seconds": secs, "labels": r.labels, "worker": r.worker})
+                     "entries": entries, "error": r.error, "seconds": secs, "labels": r.labels, "worker": r.worker,
+                     "job": r.job, "log": r.log})
     running = sum(1 for r in rows if r.status == "running")
     workers = max(running, 1)
     per_run = (sum(durations) / len(durations)) if durations else (sum(rates) / len(rates) if rates else None)
@@ -72,6 +73,8 @@ def format_status(st: dict) -> str:
         line = f"{r['id']:12}  {r['status']:8} {r['attempts']:>3}  {kimg:>14}  {r['entries']:>7}  {labels}"
         if r["error"] and r["status"] == "failed":
             line += f"  error: {r['error']}"
+        if r.get("job"):  # a cluster job: where to look
+            line += f"  job {r['job']}" + (f"  log {r['log']}" if r.get("log") else "")
         lines.append(line)
     left = c["pending"] + c["running"]
     if left:
