@@ -49,6 +49,7 @@ from torch import Tensor
 from .checkpoint import append_line, atomic_write_text, list_snapshots, load_meta
 from .errors import UserError
 from .sampling import default_sampling, generate, load_run, read_run_config
+from .tensorboard_log import log_evaluation
 
 METRICS_FILE = "metrics.jsonl"
 # What identifies an evaluation entry: an entry with the same values is not computed again.
@@ -655,6 +656,7 @@ def evaluate_run(
         for entry in lines:  # all metrics of the snapshot are known: now log them
             append_line(path, json.dumps(entry, sort_keys=False))
             logged[entry_key(entry)] = entry
+        log_evaluation(run_dir, cfg.train.tensorboard, kimg, lines, x)
         results.extend(logged[key_for(kimg, p)] for m in requested for p in PRODUCES.get(m, (m,)))
         log(f"evaluated {what}: " + "  ".join(f"{e['metric']} {e['value']:.4g}" for e in lines if e["value"] is not None)
             + f"  (NFE {nfe}, {wall:.1f} s)")

@@ -31,6 +31,7 @@ from .config import Config, dump_yaml, resolve, to_dict
 from .errors import UserError
 from .losses import denoising_loss
 from .model import make_denoiser, make_dynamics, make_network
+from .tensorboard_log import RunLog
 
 
 # ---- process group --------------------------------------------------------------------------
@@ -183,6 +184,11 @@ def _peak_mem_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _indent(text: str) -> str:
+    """Markdown code block (4-space indent), as TensorBoard's text plugin renders it."""
+    return "".join("    " + line + "\n" for line in text.splitlines())
+
+
 def _truncate_stats(path: Path, step: int) -> None:
     """Drop ticks logged after the snapshot being resumed (they will be replayed)."""
     if not path.exists():
@@ -266,6 +272,8 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, log
             log(f"resuming {run_dir} from {snap.name} (kimg {sched.kimg(step):.3f})")
     if dist.is_initialized():
         dist.barrier()
+    tb = RunLog(run_dir, rank == 0 and cfg.train.tensorboard, purge_kimg=sched.kimg(step),
+                header="Step axis: training images seen. Resolved config:\n\n" + _indent(dump_yaml(cfg)))
 
     channels_last = cfg.train.channels_last and len(dataset.shape) == 3
     if channels_last:
@@ -337,6 +345,7 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, log
                    "peak_mem_mb": round(_peak_mem_mb(device), 1), "wall_s": round(now - t0, 3)}
             if rank == 0:
                 append_line(run_dir / "stats.jsonl", json.dumps(rec))
+                tb.tick(rec)
                 if bar is not None:
                     bar.set_postfix(kimg=f"{rec['kimg']:.1f}", loss=f"{rec['loss']:.4f}")
                 else:
@@ -359,6 +368,7 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, log
                 dist.barrier()
     if bar is not None:
         bar.close()
+    tb.close()
 
     record: dict[str, Any] = {"kimg": sched.kimg(step), "step": step, "wall_s": round(time.perf_counter() - t0, 3)}
     if rank == 0:

@@ -27,6 +27,7 @@ import yaml
 from .. import config as C
 from ..checkpoint import atomic_write_text
 from ..errors import UserError, one_line
+from ..tensorboard_log import link_runs
 from .ledger import Ledger, RunRow, worker_name
 from .spec import Evaluation, Study
 
@@ -91,6 +92,8 @@ def prepare(study: Study, out: Path, resolve: Callable[[Any], Any] | None = None
         atomic_write_text(out / "study.yaml", text)
     ledger = Ledger(out / "ledger.sqlite", max_attempts=study.max_attempts, stale_after=stale_after)
     ledger.sync(runs, out / "runs")
+    link_runs(out, [(f"{r.label()}, seed={r.seed}", r.run_dir or out / "runs" / r.id)
+                    for r in runs if r.config.train.tensorboard])
     ledger.set_meta("study_name", study.name)
     ledger.set_meta("run_ids", [r.id for r in runs])
     ledger.set_meta("evaluation", asdict(study.evaluation))
