@@ -123,3 +123,19 @@ def test_study_overlays_one_tensorboard_run_per_configuration(tmp_path):
     runs = {name: [(e.step, e.value) for e in mux.Scalars(name, "train/loss")] for name in mux.Runs()}
     assert runs == {"parameterization=eps,seed=0": [(500, 1.0)], "parameterization=eps,seed=1": [(500, 2.0)],
                     "parameterization=x0,seed=0": [(500, 2.0)], "parameterization=x0,seed=1": [(500, 3.0)]}
+
+
+def test_a_run_saved_before_the_key_existed_still_resumes(tmp_path):
+    from diffatlas.config import to_dict
+    from diffatlas.errors import UserError
+    from diffatlas.train import _check_run_dir
+
+    cfg = load_config(None, TINY)
+    old = to_dict(cfg)
+    del old["train"]["tensorboard"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    _check_run_dir(tmp_path, cfg)  # the new key's default fills the gap: the same run
+    old["train"]["lr"] = 1.0
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    with pytest.raises(UserError, match="different config"):
+        _check_run_dir(tmp_path, cfg)

@@ -134,9 +134,21 @@ def _check_run_dir(run_dir: Path, cfg: Config) -> None:
             old = yaml.safe_load(path.read_text())
         except yaml.YAMLError:
             raise UserError(f"{path} exists but does not parse; move it away or use another run directory") from None
-        if old != to_dict(cfg):
+        if old != to_dict(cfg) and not _same_with_new_defaults(old, cfg):
             raise UserError(f"run directory {str(run_dir)!r} already holds a different config; use another directory "
                             "(nothing was changed)")
+
+
+def _same_with_new_defaults(old: Any, cfg: Config) -> bool:
+    """A config saved before a key existed (e.g. train.tensorboard) is the same run when the key's default
+    fills the gap."""
+    from .config import from_dict
+    from .registry import UnknownNameError
+
+    try:
+        return to_dict(resolve(from_dict(old))) == to_dict(cfg)
+    except (UserError, UnknownNameError, TypeError, ValueError):
+        return False
 
 
 def environment(device: torch.device, cfg: Config, world: int) -> dict[str, Any]:
