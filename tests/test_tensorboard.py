@@ -25,8 +25,6 @@ from diffatlas.study.spec import study_from_dict  # noqa: E402
 from diffatlas.tensorboard_log import TB_DIR, RunLog, setting_tag  # noqa: E402
 from diffatlas.train import train  # noqa: E402
 
-TINY = ["network.preset=unet-xs", "network.dropout=0.0", "train.batch=32", "train.kimg=0.2", "train.tick_kimg=0.1",
-        "train.snapshot_kimg=0.1", "train.warmup_kimg=0.1", "train.doctor=false", "train.device=cpu", "dynamics.steps=50"]
 
 
 def _events(logdir: Path) -> EventAccumulator:
@@ -36,11 +34,8 @@ def _events(logdir: Path) -> EventAccumulator:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("tb") / "run"
-    torch.set_num_threads(2)
-    train(load_config(None, TINY), d, progress=False, log=lambda *_: None)
-    return d
+def run(tiny_run) -> Path:
+    return tiny_run  # trained with TensorBoard on (the default)
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +57,12 @@ def test_training_writes_loss_lr_throughput_and_kimg_against_images_seen(run):
     assert "run/text_summary" in acc.Tags()["tensors"]  # the resolved config, once
 
 
-def test_resumed_run_logs_each_tick_once(run, tmp_path):
+def test_resumed_run_logs_each_tick_once(run, tiny_overrides, tmp_path):
     again = tmp_path / "run"
     shutil.copytree(run, again)
     (again / "DONE").unlink()
     shutil.rmtree(list_snapshots(again)[-1])  # killed after the first snapshot: the rest is replayed
-    train(load_config(None, TINY), again, progress=False, log=lambda *_: None)
+    train(load_config(None, tiny_overrides), again, progress=False, log=lambda *_: None)
     stats = list(read_jsonl(again / "stats.jsonl"))
     loss = _events(again / TB_DIR).Scalars("train/loss")
     assert [e.step for e in loss] == [round(s["kimg"] * 1000) for s in stats] == [96, 192, 224]
@@ -93,7 +88,7 @@ def test_evaluation_writes_every_metric_against_kimg_and_a_sample_grid(run, clf_
     assert acc.Scalars("train/loss")  # the same TensorBoard run as training
 
 
-def test_one_key_turns_it_off(run, clf_dir, tmp_path):
+def test_one_key_turns_it_off(run, clf_dir, tiny_overrides, tmp_path):
     d = tmp_path / "run"
     shutil.copytree(run, d, ignore=shutil.ignore_patterns(TB_DIR))
     cfg = yaml.safe_load((d / "config.yaml").read_text())
@@ -103,7 +98,7 @@ def test_one_key_turns_it_off(run, clf_dir, tmp_path):
                    device="cpu", log=None)
     assert not (d / TB_DIR).exists()
     off = tmp_path / "off"
-    train(load_config(None, [*TINY, "train.kimg=0.032", "train.tensorboard=false"]), off, progress=False,
+    train(load_config(None, [*tiny_overrides, "train.kimg=0.032", "train.tensorboard=false"]), off, progress=False,
           log=lambda *_: None)
     assert (off / "DONE").is_file() and not (off / TB_DIR).exists()
 
@@ -125,12 +120,12 @@ def test_study_overlays_one_tensorboard_run_per_configuration(tmp_path):
                     "parameterization=x0,seed=0": [(500, 2.0)], "parameterization=x0,seed=1": [(500, 3.0)]}
 
 
-def test_a_run_saved_before_the_key_existed_still_resumes(tmp_path):
+def test_a_run_saved_before_the_key_existed_still_resumes(tiny_overrides, tmp_path):
     from diffatlas.config import to_dict
     from diffatlas.errors import UserError
     from diffatlas.train import _check_run_dir
 
-    cfg = load_config(None, TINY)
+    cfg = load_config(None, tiny_overrides)
     old = to_dict(cfg)
     del old["train"]["tensorboard"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))

@@ -160,7 +160,7 @@ def diffusers_grid(config: dict[str, Any], num_inference_steps: int, dynamics: A
         raise UserError(f"diffatlas reproduces DDIMScheduler (ddim) and DDPMScheduler (ancestral), not {name}")
     process = read_scheduler({**config, "_class_name": name})
     if config.get("thresholding") or config.get("clip_sample", True):
-        raise UserError(f"the scheduler clips or thresholds x0 estimates (clip_sample/thresholding); diffatlas's samplers "
+        raise UserError("the scheduler clips or thresholds x0 estimates (clip_sample/thresholding); diffatlas's samplers "
                         "do not: compare with clip_sample=false")
     T = process.dynamics["steps"]
     steps = diffusers_timesteps(config, num_inference_steps)
