@@ -66,7 +66,8 @@ def plan_text(study: Study, runs: list[RunSpec], *, measure: bool = True, steps:
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table]
     ev = study.evaluation
     samplers = "; ".join(", ".join(f"{k}={v}" for k, v in s.items()) or "the run's own sampler" for s in ev.samplers)
-    lines.append(f"evaluation: {', '.join(ev.metrics)} with n={ev.n}, every {ev.every_kimg or 'snapshot_kimg'} kimg, "
+    every = "every snapshot" if study.models else f"every {ev.every_kimg or 'snapshot_kimg'} kimg"
+    lines.append(f"evaluation: {', '.join(ev.metrics)} with n={ev.n}, {every}, "
                  f"samplers: {samplers}" + (f", n sweep {list(ev.n_sweep)}" if ev.n_sweep else ""))
     if not measure:
         return "\n".join(lines)
