@@ -13,7 +13,6 @@ import torch
 
 import diffatlas.evaluate as E
 from diffatlas.cli import main
-from diffatlas.config import load_config
 from diffatlas.data import load_dataset
 from diffatlas.errors import UserError
 from diffatlas.metrics import (
@@ -26,11 +25,7 @@ from diffatlas.metrics import (
     train_classifier,
 )
 from diffatlas.metrics.stats import FrechetReference
-from diffatlas.train import train
 
-TINY = ["network.preset=unet-xs", "network.dropout=0.0", "train.batch=32", "train.kimg=0.2",
-        "train.tick_kimg=0.1", "train.snapshot_kimg=0.1", "train.warmup_kimg=0.1", "train.doctor=false",
-        "train.device=cpu", "dynamics.steps=50"]
 SETTING = {"sampler": "ddim", "steps": 3, "n": 24, "device": "cpu", "log": None}
 REQUIRED = ("kimg", "snapshot", "metric", "value", "interval", "n", "n_real", "extractor", "extractor_hash",
             "sampler", "grid", "steps", "nfe", "guidance", "seed", "wall_s", "what", "higher_is_better")
@@ -46,11 +41,8 @@ def cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("run") / "run"
-    torch.set_num_threads(2)
-    train(load_config(None, TINY), d, progress=False, log=lambda *_: None)
-    return d
+def run(tiny_run) -> Path:
+    return tiny_run
 
 
 @pytest.fixture(scope="module")

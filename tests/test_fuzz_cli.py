@@ -130,8 +130,8 @@ class World:
 def make_world(tmp: Path, bases: dict[str, Path]) -> World:
     tmp.mkdir(parents=True, exist_ok=True)
     run, study = tmp / "run", tmp / "study"
-    shutil.copytree(bases["run"], run)
-    shutil.copytree(bases["study"], study)
+    shutil.copytree(bases["run"], run, symlinks=True)
+    shutil.copytree(bases["study"], study, symlinks=True)
     afile = tmp / "afile"
     afile.write_text("a plain file\n")
     return World(tmp, run, study, bases["clf"], afile)
@@ -404,6 +404,16 @@ CASES: list[Case] = [
     Case("snr-sigma-nan", "snr-plot ve:sigma_max=nan --out {tmp}/a.png", expect="sigma_max"),
     Case("snr-out-in-file", "snr-plot ddpm --out {file}/a.png", expect="is a file"),
     Case("snr-out-format", "snr-plot ddpm --out {tmp}/a.foo", expect="format"),
+    # ---- import / export (diffusers folders)
+    Case("import-missing-folder", "import diffusers {tmp}/nothing --run-dir {tmp}/new", expect="not a folder"),
+    Case("import-a-file", "import diffusers {file} --run-dir {tmp}/new", expect="not a folder"),
+    Case("import-a-run-not-a-model", "import diffusers {run} --run-dir {tmp}/new", expect="config.json"),
+    Case("import-kimg-nan", "import diffusers {run} --run-dir {tmp}/new --kimg nan", expect="kimg"),
+    Case("import-into-existing-run", "import diffusers {run} --run-dir {run}", expect="not empty"),
+    Case("import-unknown-format", "import onnx {run} --run-dir {tmp}/new", expect="invalid choice"),
+    Case("export-not-a-run", "export diffusers {tmp} {tmp}/out", expect="not a run directory"),
+    Case("export-into-existing-run", "export diffusers {run} {study}", expect="not empty"),
+    Case("export-unknown-format", "export onnx {run} {tmp}/out", expect="invalid choice"),
     Case("doctor-run-missing", "doctor {tmp}/nothing", expect="not a run directory"),
     Case("doctor-meta-empty", "doctor {run}", last_snapshot("meta.json", "{}"), "meta.json"),
     Case("doctor-foreign-network", "doctor {run}", foreign_network, "network"),
@@ -719,7 +729,7 @@ def test_a_damaged_metrics_line_is_refused_by_every_reader(line: bytes, bases) -
 def test_damaged_run_files_are_refused(target: str, content: bytes, bases) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
-        shutil.copytree(bases["run"], run)
+        shutil.copytree(bases["run"], run, symlinks=True)
         path = sorted((run / "snapshots").iterdir())[-1] / target if target == "meta.json" else run / target
         if target == "DONE":
             (run / "DONE").write_bytes(content)

@@ -30,8 +30,23 @@ from diffatlas.networks.layers import (
 from diffatlas.networks.refinenet import InstanceNormPP
 from diffatlas.registry import UnknownNameError
 
-XS = {"unet": "unet-xs", "refinenet": "refinenet-xs", "refinenet-v2": "ncsnv2-xs", "dit": "dit-xs", "mlp": "mlp-xs"}
-SMALL_PRESETS = [n for n in PRESETS.names() if n.endswith(("-xs", "-s")) and n != "dit-s"]
+XS = {"unet": "unet-xs", "refinenet": "refinenet-xs", "refinenet-v2": "ncsnv2-xs", "dit": "dit-xs", "mlp": "mlp-xs",
+      "diffusers-unet": "diffusers-unet-xs"}
+try:
+    import diffusers  # noqa: F401
+    NO_DIFFUSERS = False
+except ImportError:
+    NO_DIFFUSERS = True
+# The diffusers-unet family wraps diffusers' UNet2DModel: tested where the optional package is installed.
+_NEEDS_DIFFUSERS = pytest.mark.skipif(NO_DIFFUSERS, reason="diffusers is not installed (pip install 'diffatlas[diffusers]')")
+
+
+def _params(names):
+    return [pytest.param(n, marks=_NEEDS_DIFFUSERS) if n.startswith("diffusers") else n for n in names]
+
+
+FAMILIES = _params(sorted(XS))
+SMALL_PRESETS = _params([n for n in PRESETS.names() if n.endswith(("-xs", "-s")) and n != "dit-s"])
 IMAGE_SHAPES = [(1, 8, 8), (1, 32, 32), (3, 32, 32)]  # digits, 28x28 padded to 32, CIFAR-like
 
 
@@ -58,7 +73,7 @@ def test_every_family_has_an_xs_preset():
         assert PRESETS.get(name).family == fam
 
 
-@pytest.mark.parametrize("family", sorted(XS))
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("shape", IMAGE_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_output_shape_and_backward(family, shape):
     torch.manual_seed(0)
@@ -87,7 +102,7 @@ def test_vector_shape_mlp():
     assert net(x, torch.zeros(5), torch.tensor([0, 1, 2, 0, 1])).shape == (5, 2)
 
 
-@pytest.mark.parametrize("family", sorted(XS))
+@pytest.mark.parametrize("family", FAMILIES)
 def test_noise_sensitivity_and_gradient_flow(family):
     torch.manual_seed(0)
     net = build_network(XS[family], shape=(1, 8, 8)).eval()
@@ -101,7 +116,7 @@ def test_noise_sensitivity_and_gradient_flow(family):
     assert c.grad.abs().min() > 0
 
 
-@pytest.mark.parametrize("family", sorted(XS))
+@pytest.mark.parametrize("family", FAMILIES)
 def test_label_sensitivity_and_null_class(family):
     torch.manual_seed(0)
     net = build_network(XS[family], shape=(1, 8, 8), num_classes=10).eval()
@@ -115,7 +130,7 @@ def test_label_sensitivity_and_null_class(family):
     assert (labelled - null).norm() / null.norm() > 1e-3
 
 
-@pytest.mark.parametrize("family", sorted(XS))
+@pytest.mark.parametrize("family", FAMILIES)
 def test_eval_mode_is_deterministic(family):
     torch.manual_seed(0)
     net = build_network(XS[family], shape=(1, 8, 8)).eval()
@@ -474,7 +489,7 @@ def _eps_loss(net, x0, g):
     return (net(xt, log_sigma / 4) - eps).square().mean()
 
 
-@pytest.mark.parametrize("family", sorted(XS))
+@pytest.mark.parametrize("family", FAMILIES)
 def test_short_training_lowers_denoising_loss(family):
     torch.manual_seed(0)
     data = _digits()

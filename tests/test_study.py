@@ -161,6 +161,46 @@ def test_spec_validation(bad, msg):
     assert msg in str(e.value) and "\n" not in str(e.value)
 
 
+def test_evaluation_only_study_evaluates_finished_runs_in_place(tmp_path):
+    from diffatlas.config import dump_yaml, load_config
+
+    models = {}
+    for name, lr in (("a", 1e-4), ("b", 2e-4)):
+        rd = tmp_path / name
+        rd.mkdir()
+        (rd / "config.yaml").write_text(dump_yaml(load_config(None, [f"train.lr={lr}", "train.kimg=4"])))
+        (rd / "DONE").write_text("{}")
+        models[f"model-{name}"] = name
+    spec = {"name": "fixed", "models": models, "evaluation": {"metrics": ["fid"], "n": 10,
+                                                             "samplers": [{"sampler": "ddim", "steps": 3}]}}
+    study = load_study(_write_study(tmp_path, spec))          # relative paths: against the study file
+    runs = study.runs()
+    assert [r.labels for r in runs] == [{"model": "model-a", "seed": 0}, {"model": "model-b", "seed": 0}]
+    assert [r.run_dir for r in runs] == [(tmp_path / "a").resolve(), (tmp_path / "b").resolve()]
+    seen = []
+    counts = Runner(study, tmp_path / "out", work=lambda task: seen.append(task.run_dir)).run()
+    assert counts["done"] == 2 and sorted(seen) == [(tmp_path / "a").resolve(), (tmp_path / "b").resolve()]
+    assert not (tmp_path / "out" / "runs" / runs[0].id).exists()  # nothing new is trained
+
+
+@pytest.mark.parametrize("extra, msg", [
+    ({"axes": [{"product": {"train.lr": [1, 2]}}]}, "trains nothing; remove axes"),
+    ({"evaluation": {"every_kimg": 2}}, "evaluation.every_kimg"),
+    ({"models": ["x/run", "y/run"]}, "share a folder name"),
+    ({"models": {}}, "non-empty mapping"),
+])
+def test_evaluation_only_study_validation(extra, msg):
+    with pytest.raises(UserError, match=msg):
+        study_from_dict({"name": "m", "models": {"a": "somewhere"}, **extra})
+
+
+def test_evaluation_only_study_needs_finished_runs(tmp_path):
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.yaml").write_text("{}")
+    with pytest.raises(UserError, match="not a finished run directory"):
+        study_from_dict({"name": "m", "models": {"h": str(tmp_path / "half")}}).runs()
+
+
 def test_unknown_registry_name_is_user_error():
     pytest.importorskip("diffatlas.samplers")
     from diffatlas import config as C

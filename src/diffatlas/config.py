@@ -79,6 +79,7 @@ class TrainConfig:
     channels_last: bool = False
     tf32: bool = True                   # allow TF32 matmuls on CUDA
     doctor: bool = True                 # run the noise/label-sensitivity check at the end of training
+    tensorboard: bool = True            # event files in RUN/tensorboard (training and evaluation) when installed
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

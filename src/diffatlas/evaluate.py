@@ -52,6 +52,7 @@ from .config import sampler_options
 from .errors import UserError
 from .io import append_jsonl, read_jsonl
 from .sampling import default_sampling, generate, load_run, read_run_config
+from .tensorboard_log import log_evaluation
 
 METRICS_FILE = "metrics.jsonl"
 # What identifies an evaluation entry: an entry with the same values is not computed again.
@@ -664,6 +665,7 @@ def evaluate_run(
         for entry in lines:  # all metrics of the snapshot are known: now log them
             append_jsonl(path, entry)
             logged[entry_key(entry)] = entry
+        log_evaluation(run_dir, cfg.train.tensorboard, kimg, lines, x)
         results.extend(logged[key_for(kimg, p)] for m in requested for p in PRODUCES.get(m, (m,)))
         log(f"evaluated {what}: " + "  ".join(f"{e['metric']} {e['value']:.4g}" for e in lines if e["value"] is not None)
             + f"  (NFE {nfe}, {wall:.1f} s)")

@@ -131,6 +131,20 @@ def generate(denoiser, shape: tuple[int, ...], seeds: list[int], *, sampler: str
     return torch.cat(outs), nfe
 
 
+def grid_image(x: Tensor, nrow: int | None = None) -> np.ndarray:
+    """Images (N, C, H, W) in [-1, 1] as one (rows, cols, C) uint8 grid with 1-pixel black borders."""
+    n, c, h, w = x.shape
+    nrow = nrow or int(np.ceil(np.sqrt(n)))
+    ncol = int(np.ceil(n / nrow))
+    pad = 1
+    img = np.zeros((ncol * (h + pad) + pad, nrow * (w + pad) + pad, c), dtype=np.uint8)
+    arr = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    for i in range(n):
+        r, q = divmod(i, nrow)
+        img[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = arr[i]
+    return img
+
+
 def save_image_grid(x: Tensor, path: str | Path, nrow: int | None = None) -> Path:
     """Save images (N, C, H, W) in [-1, 1] as one PNG grid; 2-D points (N, 2) as a scatter plot."""
     from PIL import Image
@@ -147,15 +161,8 @@ def save_image_grid(x: Tensor, path: str | Path, nrow: int | None = None) -> Pat
         fig.savefig(path, dpi=100)
         plt.close(fig)
         return path
-    n, c, h, w = x.shape
-    nrow = nrow or int(np.ceil(np.sqrt(n)))
-    ncol = int(np.ceil(n / nrow))
-    pad = 1
-    img = np.zeros((ncol * (h + pad) + pad, nrow * (w + pad) + pad, c), dtype=np.uint8)
-    arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    for i in range(n):
-        r, q = divmod(i, nrow)
-        img[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = arr[i]
+    img = grid_image(x, nrow)
+    c = img.shape[2]
     scale = max(1, 256 // max(img.shape[:2]))
     pil = Image.fromarray(img[..., 0] if c == 1 else img)
     if scale > 1:

@@ -33,6 +33,7 @@ from .errors import UserError
 from .io import append_jsonl, exclusive, parse_yaml, read_json, read_text
 from .losses import denoising_loss
 from .model import make_denoiser, make_dynamics, make_network
+from .tensorboard_log import RunLog
 
 
 # ---- process group --------------------------------------------------------------------------
@@ -128,7 +129,7 @@ def _check_run_dir(run_dir: Path, cfg: Config) -> None:
     if path.exists() or path.is_symlink():
         fix = "move it away or use another run directory (nothing was changed)"
         old = parse_yaml(read_text(path, "run config", fix), f"run config {str(path)!r}", fix)
-        if old != to_dict(cfg):
+        if old != to_dict(cfg) and not _same_with_new_defaults(old, cfg):
             raise UserError(f"run directory {str(run_dir)!r} already holds a different config; use another directory "
                             "(nothing was changed)")
     if (run_dir / "snapshots").exists() and not (run_dir / "snapshots").is_dir():
@@ -164,6 +165,18 @@ def _training_bytes(build: Any, shape: tuple[int, ...], batch: int, cond: bool) 
         saved.append(total)
     per_sample = max(saved[1] - saved[0], 0) + 4 * 4 * math.prod(shape)  # + x0, eps, output and its gradient
     return state + saved[0] + per_sample * (batch - 1), per_sample
+
+
+def _same_with_new_defaults(old: Any, cfg: Config) -> bool:
+    """A config saved before a key existed (e.g. train.tensorboard) is the same run when the key's default
+    fills the gap."""
+    from .config import from_dict
+    from .registry import UnknownNameError
+
+    try:
+        return to_dict(resolve(from_dict(old))) == to_dict(cfg)
+    except (UserError, UnknownNameError, TypeError, ValueError):
+        return False
 
 
 def environment(device: torch.device, cfg: Config, world: int) -> dict[str, Any]:
@@ -209,6 +222,11 @@ def _peak_mem_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _indent(text: str) -> str:
+    """Markdown code block (4-space indent), as TensorBoard's text plugin renders it."""
+    return "".join("    " + line + "\n" for line in text.splitlines())
 
 
 def _truncate_stats(run_dir: Path, step: int) -> None:
@@ -342,6 +360,8 @@ def _train(cfg: Config, run_dir: Path, *, progress: bool | None, log) -> dict[st
         _truncate_stats(run_dir, step)  # a run killed before its first snapshot restarts at step 0
     if dist.is_initialized():
         dist.barrier()
+    tb = RunLog(run_dir, rank == 0 and cfg.train.tensorboard, purge_kimg=sched.kimg(step),
+                header="Step axis: training images seen. Resolved config:\n\n" + _indent(dump_yaml(cfg)))
 
     channels_last = cfg.train.channels_last and len(dataset.shape) == 3
     if channels_last:
@@ -412,6 +432,7 @@ def _train(cfg: Config, run_dir: Path, *, progress: bool | None, log) -> dict[st
                    "peak_mem_mb": round(_peak_mem_mb(device), 1), "wall_s": round(now - t0, 3)}
             if rank == 0:
                 append_jsonl(run_dir / STATS_FILE, rec)
+                tb.tick(rec)
                 if bar is not None:
                     bar.set_postfix(kimg=f"{rec['kimg']:.1f}", loss=f"{rec['loss']:.4f}")
                 else:
@@ -434,6 +455,7 @@ def _train(cfg: Config, run_dir: Path, *, progress: bool | None, log) -> dict[st
                 dist.barrier()
     if bar is not None:
         bar.close()
+    tb.close()
 
     record: dict[str, Any] = {"kimg": sched.kimg(step), "step": step, "wall_s": round(time.perf_counter() - t0, 3)}
     if rank == 0:

@@ -3,6 +3,7 @@
 Families live in `NETWORKS`, named configurations in `PRESETS`; `build_network` is the one constructor.
 """
 
+from .diffusers_unet import DiffusersUNet
 from .dit import DiT
 from .mlp import MLPDenoiser
 from .presets import (
@@ -21,6 +22,7 @@ __all__ = [
     "NETWORKS",
     "PRESETS",
     "DiT",
+    "DiffusersUNet",
     "MLPDenoiser",
     "Preset",
     "RefineNet",

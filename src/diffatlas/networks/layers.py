@@ -234,18 +234,20 @@ class ResBlock(nn.Module):
         out = skip(x) + h                            skip = 1x1 conv (ChannelLinear) when channels change
 
     `e_act` is SiLU(embedding), shape (N, E), computed once by the network for all blocks.
+    `groups`: GroupNorm group count of both norms (default: `num_groups` of each width).
     Input (N, C_in, H, W) -> output (N, C_out, H, W).
     """
 
     def __init__(
-        self, in_ch: int, out_ch: int, emb_dim: int, dropout: float = 0.0, scale_shift: bool = False
+        self, in_ch: int, out_ch: int, emb_dim: int, dropout: float = 0.0, scale_shift: bool = False,
+        groups: int | None = None,
     ) -> None:
         super().__init__()
         self.scale_shift = scale_shift
-        self.norm1 = GroupNorm(num_groups(in_ch), in_ch)
+        self.norm1 = GroupNorm(groups or num_groups(in_ch), in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
         self.emb = nn.Linear(emb_dim, out_ch * (2 if scale_shift else 1))
-        self.norm2 = GroupNorm(num_groups(out_ch), out_ch)
+        self.norm2 = GroupNorm(groups or num_groups(out_ch), out_ch)
         self.drop = Dropout(dropout)
         self.conv2 = zero_(nn.Conv2d(out_ch, out_ch, 3, padding=1))
         self.skip = ChannelLinear(in_ch, out_ch) if in_ch != out_ch else nn.Identity()
@@ -267,14 +269,14 @@ class AttnBlock(nn.Module):
     out = x + proj(softmax(q k^T / sqrt(d)) v), q, k, v = per-pixel linear maps (1x1 convs) of GN(x);
     proj zero-initialised. The H*W pixels are the tokens: on a channels_last input they are a view,
     q, k and v come from one GEMM and reach `scaled_dot_product_attention` with the head width
-    innermost, as its fused kernels want. Input and output (N, C, H, W)."""
+    innermost, as its fused kernels want. `groups` as in ResBlock. Input and output (N, C, H, W)."""
 
-    def __init__(self, channels: int, heads: int = 1) -> None:
+    def __init__(self, channels: int, heads: int = 1, groups: int | None = None) -> None:
         super().__init__()
         if channels % heads:
             raise ValueError(f"{channels} channels do not split into {heads} heads")
         self.heads = heads
-        self.norm = GroupNorm(num_groups(channels), channels)
+        self.norm = GroupNorm(groups or num_groups(channels), channels)
         self.qkv = nn.Linear(channels, 3 * channels)
         self.proj = zero_(nn.Linear(channels, channels))
 

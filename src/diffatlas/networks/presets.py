@@ -28,6 +28,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..registry import Registry
+from .diffusers_unet import DDPM_CIFAR10_LAYOUT, DiffusersUNet
 from .dit import DiT
 from .mlp import MLPDenoiser
 from .refinenet import RefineNet, RefineNetV2
@@ -39,6 +40,7 @@ NETWORKS.register("refinenet", "NCSN RefineNet with noise-conditional InstanceNo
 NETWORKS.register("refinenet-v2", "NCSNv2 RefineNet: InstanceNorm++, output / sigma (Song & Ermon 2020)")(RefineNetV2)
 NETWORKS.register("dit", "Diffusion Transformer with adaLN-Zero (Peebles & Xie 2023)")(DiT)
 NETWORKS.register("mlp", "residual MLP denoiser for vector / toy 2-D data")(MLPDenoiser)
+NETWORKS.register("diffusers-unet", "diffusers' UNet2DModel, called with its timestep (needs diffusers)")(DiffusersUNet)
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,13 @@ _preset("ncsnv2-cifar10", "refinenet-v2", "Song & Ermon 2020 CIFAR-10 score netw
 _preset("dit-xs", "dit", "DiT, width 96, depth 6", hidden_size=96, depth=6, num_heads=3, patch_size=2)
 _preset("dit-s", "dit", "DiT-S/2 (Peebles & Xie 2023; 33M at 32x32x4)", shape=(4, 32, 32), num_classes=1000, hidden_size=384, depth=12, num_heads=6, patch_size=2)
 _preset("dit-b", "dit", "DiT-B/2 (Peebles & Xie 2023; 130M at 32x32x4)", shape=(4, 32, 32), num_classes=1000, hidden_size=768, depth=12, num_heads=12, patch_size=2)
+
+# diffusers' UNet2DModel: what `diffatlas import diffusers` writes (its network.unet is the imported config).
+_preset("diffusers-unet-xs", "diffusers-unet", "diffusers' UNet2DModel, widths 16, 32 (needs diffusers)",
+        unet={"block_out_channels": [16, 32], "layers_per_block": 1, "norm_num_groups": 4, "attention_head_dim": None,
+              "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]})
+_preset("diffusers-unet", "diffusers-unet", "diffusers' UNet2DModel, Ho et al. 2020's CIFAR-10 layout (needs diffusers)",
+        shape=(3, 32, 32), unet=DDPM_CIFAR10_LAYOUT)
 
 # MLP ladder.
 for _name, _w, _d in (("mlp-xs", 64, 2), ("mlp-s", 128, 3), ("mlp-m", 256, 4)):

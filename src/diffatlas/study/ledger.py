@@ -181,7 +181,7 @@ class Ledger:
     # ---- setup -------------------------------------------------------------------------------
     def sync(self, runs: Iterable[Any], runs_root: str | Path) -> int:
         """Insert runs that are not in the ledger yet as pending; returns how many were added.
-        `runs` are RunSpec objects (id, index, config_dict, labels)."""
+        `runs` are RunSpec objects (id, index, config_dict, labels, run_dir: kept as given when set)."""
         added = 0
         root = Path(runs_root).resolve()
         try:  # stored relative to the ledger's folder, so the study folder can move
@@ -192,7 +192,8 @@ class Ledger:
             for r in runs:
                 cur = db.execute(
                     "INSERT OR IGNORE INTO runs (id, position, status, run_dir, config, labels) VALUES (?, ?, 'pending', ?, ?, ?)",
-                    (r.id, r.index, str(Path(root_text) / r.id), json.dumps(r.config_dict, sort_keys=True, default=str),
+                    (r.id, r.index, str(getattr(r, "run_dir", None) or Path(root_text) / r.id),
+                     json.dumps(r.config_dict, sort_keys=True, default=str),
                      json.dumps(r.labels, default=str)))
                 added += cur.rowcount
         return added

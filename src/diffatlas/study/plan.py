@@ -52,15 +52,24 @@ def calibrate(run: RunSpec, steps: int = 3) -> dict:
 def plan_text(study: Study, runs: list[RunSpec], *, measure: bool = True, steps: int = 3,
               calibrate_fn: Callable[[RunSpec, int], dict] = calibrate) -> str:
     keys = study.axis_keys
-    lines = [f"study {study.name}: {len(runs)} runs = {len(study.combinations())} configuration(s) x {len(study.seeds)} seed(s)"]
-    header = ["id"] + [short_key(k) for k in keys] + ["seed", "kimg"]
-    table = [[r.id] + [str(r.labels.get(k, "-")) for k in keys] + [str(r.seed), f"{r.config.train.kimg:g}"] for r in runs]
+    if study.models:
+        lines = [f"study {study.name}: evaluation only, {len(runs)} finished run(s) evaluated in place"]
+        header = ["id", "model", "run directory"]
+        table = [[r.id, str(r.labels["model"]), str(r.run_dir)] for r in runs]
+        measure = False  # nothing is trained
+    else:
+        lines = [f"study {study.name}: {len(runs)} runs = {len(study.combinations())} configuration(s) x "
+                 f"{len(study.seeds)} seed(s)"]
+        header = ["id"] + [short_key(k) for k in keys] + ["seed", "kimg"]
+        table = [[r.id] + [str(r.labels.get(k, "-")) for k in keys] + [str(r.seed), f"{r.config.train.kimg:g}"]
+                 for r in runs]
     widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(header)]
     lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table]
     ev = study.evaluation
     samplers = "; ".join(", ".join(f"{k}={v}" for k, v in s.items()) or "the run's own sampler" for s in ev.samplers)
-    lines.append(f"evaluation: {', '.join(ev.metrics)} with n={ev.n}, every {ev.every_kimg or 'snapshot_kimg'} kimg, "
+    every = "every snapshot" if study.models else f"every {ev.every_kimg or 'snapshot_kimg'} kimg"
+    lines.append(f"evaluation: {', '.join(ev.metrics)} with n={ev.n}, {every}, "
                  f"samplers: {samplers}" + (f", n sweep {list(ev.n_sweep)}" if ev.n_sweep else ""))
     if not measure:
         return "\n".join(lines)

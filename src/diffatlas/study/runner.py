@@ -30,6 +30,7 @@ from .. import config as C
 from .. import validate
 from ..checkpoint import atomic_write_text
 from ..errors import UserError, one_line
+from ..tensorboard_log import link_runs
 from .executors import ExecutorSpec
 from .ledger import Ledger, RunRow, worker_name
 from .spec import Evaluation, Study
@@ -122,6 +123,8 @@ def prepare(study: Study, out: Path, resolve: Callable[[Any], Any] | None = None
     if text:  # a temporary file of its own per writer: runners may start side by side
         atomic_write_text(out / "study.yaml", text)
     ledger.sync(runs, out / "runs")
+    link_runs(out, [(f"{r.label()}, seed={r.seed}", r.run_dir or out / "runs" / r.id)
+                    for r in runs if r.config.train.tensorboard])
     ledger.set_meta("study_name", study.name)
     ledger.set_meta("run_ids", [r.id for r in runs])
     ledger.set_meta("evaluation", asdict(study.evaluation))

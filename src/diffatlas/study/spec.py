@@ -21,6 +21,13 @@ A study file (YAML) reads
     max_attempts: 2
     executor: {name: slurm, gpus_per_run: 1, slurm: {partition: gpu}}   # where runs execute (study.executors)
 
+An evaluation-only study names finished runs (trained, or imported with `diffatlas import`) instead
+of axes, seeds and a budget; each is evaluated with every `evaluation.samplers` setting, in place:
+
+    name: samplers-on-fixed-models
+    models: {ddpm-cifar10: runs/google-ddpm, mine: runs/ddpm-a1b2}   # label -> run directory (or a list)
+    evaluation: {metrics: [fid], samplers: [{sampler: ddim, steps: 10}, {sampler: ddim, steps: 50}]}
+
 Groups combine by Cartesian product; a run is base + one combination + one seed. Its id is a
 short SHA-256 of its resolved config (JSON with sorted keys), so the same run gets the same id
 and output folder in every study that contains it. Report labels are the axis values.
@@ -44,7 +51,9 @@ from ..validate import COUNT_MAX, KIMG_MAX, SEED, STEPS, Range
 from .executors import ExecutorSpec, parse_executor
 
 STUDY_KEYS = ("name", "description", "base", "base_file", "axes", "seeds", "budget_kimg", "evaluation", "max_attempts",
-              "executor")
+              "executor", "models")
+# What an evaluation-only study (models) cannot have: it trains nothing.
+TRAINING_KEYS = ("base", "base_file", "axes", "seeds", "budget_kimg")
 EVAL_KEYS = ("metrics", "n", "every_kimg", "samplers", "n_sweep", "extractor", "seed")
 # Keys the study sets itself; an axis over them would fight with `seeds`, `budget_kimg`, `every_kimg`.
 RESERVED = {"train.seed": "seeds", "train.kimg": "budget_kimg"}
@@ -71,14 +80,16 @@ class Evaluation:
 class RunSpec:
     """One run: base + one combination of axis values + one seed, resolved.
 
-    id        12 hex digits of sha256(json(resolved config, sorted keys))
+    id        12 hex digits of sha256(json(resolved config, sorted keys)) (and of run_dir when given)
     labels    axis key -> value for this run (axis keys in study order), plus "seed"
+    run_dir   a finished run evaluated in place (evaluation-only studies); None: STUDY_OUT/runs/<id>
     """
 
     id: str
     index: int
     config: Any  # diffatlas.config.Config, resolved
     labels: dict
+    run_dir: Path | None = None
 
     @property
     def config_dict(self) -> dict:
@@ -106,10 +117,13 @@ class Study:
     source: str | None = None
     raw: dict = field(default_factory=dict)
     executor: ExecutorSpec = field(default_factory=ExecutorSpec)  # where runs execute; never part of a run's id
+    models: tuple[tuple[str, str], ...] = ()  # (label, run directory) of an evaluation-only study
 
     @property
     def axis_keys(self) -> list[str]:
-        """Every config key varied by an axis, in study order."""
+        """Every config key varied by an axis, in study order ("model" for an evaluation-only study)."""
+        if self.models:
+            return ["model"]
         keys: list[str] = []
         for group in self.axes:
             for combo in group["combos"]:
@@ -145,6 +159,8 @@ class Study:
     def runs(self, resolve: Callable[[Any], Any] | None = None) -> list[RunSpec]:
         """Expand into runs (combinations x seeds), each resolved; UserError on a bad combination."""
         resolve = resolve or C.resolve
+        if self.models:
+            return self._model_runs(resolve)
         runs: list[RunSpec] = []
         seen: dict[str, str] = {}
         for combo in self.combinations():
@@ -179,6 +195,24 @@ class Study:
                 make_guidance(probe, *parsed)
             except UserError as e:
                 raise UserError(f"study {self.name!r}, run {where}: evaluation.samplers[{j}]: {e}") from None
+
+
+    def _model_runs(self, resolve: Callable[[Any], Any]) -> list[RunSpec]:
+        """One run per named model: its own resolved config, evaluated where it is."""
+        runs: list[RunSpec] = []
+        for label, path in self.models:
+            run_dir = Path(path).resolve()
+            if not (run_dir / "config.yaml").is_file() or not (run_dir / "DONE").is_file():
+                raise UserError(f"study {self.name!r}, model {label}: {path!r} is not a finished run directory "
+                                "(config.yaml and DONE); train it, or import it with `diffatlas import`")
+            try:
+                cfg = resolve(C.from_dict(C.read_yaml(run_dir / "config.yaml")))
+            except (UserError, UnknownNameError) as e:
+                raise UserError(f"study {self.name!r}, model {label}: {e}") from None
+            text = json.dumps({"config": C.to_dict(cfg), "run_dir": str(run_dir)}, sort_keys=True, default=str)
+            rid = hashlib.sha256(text.encode()).hexdigest()[:12]
+            runs.append(RunSpec(rid, len(runs), cfg, {"model": label, "seed": int(cfg.train.seed)}, run_dir))
+        return runs
 
 
 def short_key(key: str) -> str:
@@ -360,6 +394,29 @@ def _parse_evaluation(d: Any) -> Evaluation:
     return Evaluation(tuple(metrics), n, every, settings, tuple(sorted(set(sweep))), extractor, seed)
 
 
+def _parse_models(d: dict, base_dir: Path | None) -> tuple[tuple[str, str], ...]:
+    """`models`: label -> run directory, or a list of run directories (labelled by folder name)."""
+    raw = d["models"]
+    if isinstance(raw, list):
+        names = [Path(str(p)).name for p in raw]
+        if len(set(names)) != len(names):
+            raise UserError("study `models`: two run directories share a folder name; give them labels (a mapping)")
+        raw = dict(zip(names, raw))
+    if not isinstance(raw, dict) or not raw or not all(isinstance(p, str) and p for p in raw.values()):
+        raise UserError("study `models` must be a non-empty mapping of labels to run directories (or a list of them)")
+    clash = [k for k in TRAINING_KEYS if k in d] + (["evaluation.every_kimg"] if (d.get("evaluation") or {}).get("every_kimg")
+                                                    else [])
+    if clash:
+        raise UserError(f"an evaluation-only study (models) trains nothing; remove {', '.join(clash)}")
+    out = []
+    for label, path in raw.items():
+        p = Path(path)
+        if not p.is_absolute() and base_dir is not None:
+            p = base_dir / p
+        out.append((str(label), str(p)))
+    return tuple(out)
+
+
 def study_from_dict(d: Any, source: str | None = None, base_dir: Path | None = None) -> Study:
     """Validate a study mapping; UserError (one line) on any problem."""
     if not isinstance(d, dict):
@@ -401,9 +458,10 @@ def study_from_dict(d: Any, source: str | None = None, base_dir: Path | None = N
     if budget is not None:
         budget = validate.number(budget, "study `budget_kimg`", Range(0, KIMG_MAX, lo_open=True))
     attempts = int(validate.number(d.get("max_attempts", 2), "study `max_attempts`", Range(1, 1000, integer=True)))
+    models = _parse_models(d, base_dir) if "models" in d else ()
     return Study(name.strip(), base, axes, tuple(seeds), None if budget is None else float(budget),
                  _parse_evaluation(d.get("evaluation")), attempts, str(d.get("description") or ""), source, d,
-                 executor=parse_executor(d.get("executor")))
+                 executor=parse_executor(d.get("executor")), models=models)
 
 
 def load_study(path: str | Path) -> Study:
