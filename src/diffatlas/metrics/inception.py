@@ -25,6 +25,7 @@ multiplies pool3 by the ``softmax/logits/MatMul`` weights), which torch-fidelity
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -274,8 +275,9 @@ def load_fid_inception(path: str | Path) -> FIDInceptionV3:
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a corrupt, truncated or pickled-code file: never executed
-        raise UserError(f"{path} is not a readable weights file (torch.load, weights only): {str(e)[:150]}") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:  # corrupt, or pickled code
+        raise UserError(f"{path} is not a readable weights file: torch.load(weights_only=True) refused it "
+                        f"({type(e).__name__}); a state dict of tensors is expected") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):

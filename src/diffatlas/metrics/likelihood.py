@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Callable
+from itertools import pairwise
+from typing import Any
 
 import numpy as np
 import torch
@@ -198,7 +200,7 @@ def log_likelihood(denoiser: Any, x: Tensor, *, settings: LikelihoodSettings | N
                                 max_evals=s.max_nfe, what="bpd (rk45)")
     else:  # Heun's method on the grid, run from t_min up to t_max
         ts = [float(t) for t in make_grid(s.grid, dyn, s.steps).flip(0)]
-        for t0, t1 in zip(ts[:-1], ts[1:]):
+        for t0, t1 in pairwise(ts):
             k1 = velocity_and_divergence(y, t0)
             k2 = velocity_and_divergence(y + (t1 - t0) * k1, t1)
             y = y + (t1 - t0) * 0.5 * (k1 + k2)
@@ -278,7 +280,7 @@ def evaluate_bpd(denoiser: Any, x: Tensor, labels: Tensor | None = None, *, sett
         "likelihood": s.describe(),
         "discretization_bits": DISCRETIZATION_BITS if s.dequantization == "uniform" else 0.0,
         "vjps_per_nfe": dim if s.divergence == "exact" else s.probes,
-        "nfe": int(round(float(np.mean(nfes)))),
+        "nfe": round(float(np.mean(nfes))),
         "batch": int(batch),
         "dims": dim,
         "t_range": [float(dyn.t_min), float(dyn.t_max)],

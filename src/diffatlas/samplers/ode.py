@@ -15,7 +15,8 @@ The `edm` sampler works in that scaled frame (x_hat = x / alpha, s = sigma_hat, 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
