@@ -132,7 +132,7 @@ def test_record_says_how_it_was_estimated():
 
 def test_bad_settings_are_one_line_user_errors():
     for opts, needle in (({"probs": 2}, "unknown bpd option(s) probs"), ({"probes": 0}, "probes >= 1"),
-                         ({"probes": 1.5}, "probes must be a int"), ({"solver": "euler"}, "solver must be one of"),
+                         ({"probes": 1.5}, "probes must be an integer"), ({"solver": "euler"}, "solver must be one of"),
                          ({"rtol": -1}, "rtol > 0"), ({"dequantization": "x"}, "dequantization must be one of")):
         with pytest.raises(UserError, match=needle.replace("(", r"\(").replace(")", r"\)")) as e:
             LikelihoodSettings.from_options(opts)

@@ -711,6 +711,7 @@ def evaluate_run(
             for rec in METRICS.get(m)(run.denoiser, xs, ys if run.num_classes else None, settings=lik, seed=seed,
                                       n_boot=n_boot, batch=SAMPLE_BATCH, device=dev,
                                       log=log if progress is not False else None):
+                rec.pop("likelihood")  # the settings are the entry's options
                 rec.update(_setting=lik_base, extractor=None, weights_hash=None, n_real=rec.pop("n"), seeds=None,
                            reference_split=split, real=f"{xs.shape[0]} data points of {reference.data_id}/{split}")
                 recs.append(rec)

@@ -95,7 +95,8 @@ class LikelihoodSettings:
                     raise ValueError
                 values[k] = kinds[k](float(v)) if kinds[k] is int else kinds[k](v)
             except (TypeError, ValueError):
-                raise UserError(f"bpd option {k} must be a {kinds[k].__name__}, got {v!r}") from None
+                what = {int: "an integer", float: "a number", str: "a name"}[kinds[k]]
+                raise UserError(f"bpd option {k} must be {what}, got {v!r}") from None
         return cls(**values).checked()
 
     def checked(self) -> LikelihoodSettings:
