@@ -398,7 +398,7 @@ def test_compute_metrics_records(classifier, digits, tmp_path):
     wrong = RefStats(RefKey("digits", "train", "classifier", "0" * 16, stats.n), stats.mu, stats.cov, stats.n)
     with pytest.raises(UserError, match="computed with"):
         compute_metrics(x_te, wrong, ext, metrics=("fid",))
-    assert set(METRICS.names()) == {"fid", "is", "kid", "pr", "class_accuracy"}
+    assert set(METRICS.names()) == {"fid", "is", "kid", "pr", "class_accuracy", "bpd"}
 
 
 def test_sample_size_table_and_plot(classifier, digits, tmp_path):
