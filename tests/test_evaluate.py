@@ -261,3 +261,14 @@ def test_cli_evaluate_curves_and_sample_size(run, clf_dir, evaluated, tmp_path, 
     assert "sensitive to the number of samples" in res["verdict"]
     assert Path(res["png"]).read_bytes()[:4] == b"\x89PNG" and Path(res["md"]).is_file()
     assert json.loads(Path(res["json"]).read_text())["ns"] == [10, 20, 40]
+
+
+def test_bpd_of_an_image_run(run, tmp_path):
+    """bpd on 8-bit images: uniform dequantisation (+7 bits), Hutchinson above 16 dimensions, test split."""
+    d = _copy(run, tmp_path / "run")
+    (e,) = E.evaluate_run(d, metrics=("bpd",), n=8, snapshots="last", likelihood={"solver": "heun", "steps": 4},
+                          device="cpu", log=None)
+    assert e["options"]["dequantization"] == "uniform" and e["discretization_bits"] == 7.0
+    assert e["options"]["divergence"] == "hutchinson" and e["vjps_per_nfe"] == 1 and e["dims"] == 64
+    assert (e["sampler"], e["grid"], e["steps"], e["nfe"]) == ("heun", "discrete", 4, 6)
+    assert e["n_real"] == 8 and e["reference_split"] == "test" and e["extractor"] is None and np.isfinite(e["value"])

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.machinery
 import json
 import math
 import pickle
-import socket
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -337,78 +333,6 @@ def test_inception_score_of_real_test_digits(classifier, digits):
 
 
 # ------------------------------------------------------------------------------------------------
-# Inception extractor: local weights only
-# ------------------------------------------------------------------------------------------------
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*a, **k):
-        raise AssertionError("network access attempted")
-
-    monkeypatch.setattr(socket, "socket", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
-    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
-
-
-def test_inception_without_weights_is_a_user_error(tmp_path, monkeypatch, no_network):
-    missing = tmp_path / "nowhere" / ex.INCEPTION_WEIGHTS_FILE
-    monkeypatch.setenv(ex.INCEPTION_ENV, str(missing))
-    with pytest.raises(UserError) as e:
-        EXTRACTORS.get("inception")()
-    msg = str(e.value)
-    assert "pip install 'diffatlas[inception]'" in msg and str(missing) in msg and "\n" not in msg
-    # default location: torch hub's checkpoints folder (under TORCH_HOME)
-    monkeypatch.delenv(ex.INCEPTION_ENV)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
-    expect = tmp_path / "th" / "hub" / "checkpoints" / ex.INCEPTION_WEIGHTS_FILE
-    assert ex.inception_weights_path() == expect
-    with pytest.raises(UserError, match="diffatlas\\[inception\\]"):
-        ex.InceptionExtractor()
-    # weights present but torch-fidelity missing
-    expect.parent.mkdir(parents=True)
-    expect.write_bytes(b"weights")
-    monkeypatch.setattr(ex.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(UserError, match="torch-fidelity is not installed"):
-        ex.InceptionExtractor()
-
-
-def test_inception_adapter_feeds_uint8_rgb(tmp_path, monkeypatch, no_network):
-    """The adapter around torch-fidelity, checked with a stand-in network of the same call signature."""
-    seen = {}
-
-    class FakeInception(torch.nn.Module):
-        def __init__(self, name, features_list, feature_extractor_weights_path=None):
-            super().__init__()
-            seen["args"] = (name, list(features_list), feature_extractor_weights_path)
-            self.w = torch.nn.Parameter(torch.ones(1))
-
-        def forward(self, x):
-            seen["x"] = x
-            f = x.float().mean(dim=(2, 3)).repeat(1, 683)[:, :2048]
-            return f, f[:, :1008]
-
-    mod = types.ModuleType("torch_fidelity.feature_extractor_inceptionv3")
-    mod.FeatureExtractorInceptionV3 = FakeInception
-    pkg = types.ModuleType("torch_fidelity")
-    pkg.__spec__ = importlib.machinery.ModuleSpec("torch_fidelity", None)
-    monkeypatch.setitem(sys.modules, "torch_fidelity", pkg)
-    monkeypatch.setitem(sys.modules, "torch_fidelity.feature_extractor_inceptionv3", mod)
-    weights = tmp_path / ex.INCEPTION_WEIGHTS_FILE
-    weights.write_bytes(b"not really inception")
-    ext = ex.InceptionExtractor(weights)
-    assert seen["args"] == ("inception-v3-compat", ["2048", "logits_unbiased"], str(weights))
-    assert ext.weights_hash == ex.file_hash(weights) and ext.feature_dim == 2048 and ext.num_classes == 1008
-    x = torch.tensor([-1.0, 0.0, 1.0, 0.5]).reshape(1, 1, 2, 2)
-    f, l = ext.features_and_logits(x)
-    assert seen["x"].dtype == torch.uint8 and seen["x"].shape == (1, 3, 2, 2)
-    assert seen["x"][0, 1].flatten().tolist() == [0, 128, 255, 191]
-    assert f.shape == (1, 2048) and l.shape == (1, 1008) and not ext.training
-    with pytest.raises(UserError):
-        ext.features(torch.zeros(1, 2, 4, 4))
-
-
-# ------------------------------------------------------------------------------------------------
 # reference statistics cache
 # ------------------------------------------------------------------------------------------------
 def test_reference_stats_cache(classifier, digits, tmp_path, monkeypatch):
@@ -474,7 +398,7 @@ def test_compute_metrics_records(classifier, digits, tmp_path):
     wrong = RefStats(RefKey("digits", "train", "classifier", "0" * 16, stats.n), stats.mu, stats.cov, stats.n)
     with pytest.raises(UserError, match="computed with"):
         compute_metrics(x_te, wrong, ext, metrics=("fid",))
-    assert set(METRICS.names()) == {"fid", "is", "kid", "pr", "class_accuracy"}
+    assert set(METRICS.names()) == {"fid", "is", "kid", "pr", "class_accuracy", "bpd"}
 
 
 def test_sample_size_table_and_plot(classifier, digits, tmp_path):

@@ -27,6 +27,10 @@ Extractors: "classifier" is the evaluation classifier of the run's dataset (a sm
 the labelled train split, see :mod:`diffatlas.metrics.extractors`), trained once and cached under
 ``$DIFFATLAS_CACHE/classifiers/<dataset>-<resolution>`` (default ``~/.cache/diffatlas``) when absent;
 "inception" is the FID Inception-v3 (local weights only).
+
+The ``bpd`` metric is the snapshot's own likelihood of held-out data (test split) through the
+probability-flow ODE (:mod:`diffatlas.metrics.likelihood`); it needs no samples and no extractor, and
+its entries name the ODE solver and the estimator settings where sampling entries name the sampler.
 """
 
 from __future__ import annotations
@@ -226,7 +230,11 @@ def _load_extractor(name: str, cfg: Any, path: str | Path | None, device: torch.
         d = cfg.data
         return evaluation_classifier(d.name, root=d.root, resolution=d.resolution, options=d.options, path=path,
                                      device=device, log=log)
-    return EXTRACTORS.get(name)(path, device=device)
+    ext = EXTRACTORS.get(name)(path, device=device)
+    if getattr(ext, "standard", True) is False:
+        log(f"{name} weights {getattr(ext, 'weights_path', path)} (sha256 {ext.weights_hash}) are not the standard "
+            "FID weights file: its numbers are not comparable to published ones")
+    return ext
 
 
 # ------------------------------------------------------------------------------------------------
@@ -355,6 +363,7 @@ class _Reference:
         self.cfg, self.extractor, self.log = cfg, extractor, log
         self._dataset = None
         self._stats = None
+        self._frechet = None
         self._real: dict[int, np.ndarray] = {}
 
     @property
@@ -384,6 +393,12 @@ class _Reference:
                      f"{self.extractor.name}): {time.perf_counter() - t:.1f} s, {self._stats.path}")
         return self._stats
 
+    def frechet(self):
+        """The Frechet reference of :meth:`stats` (its covariance's square root is computed once)."""
+        if self._frechet is None:
+            self._frechet = self.stats().frechet()
+        return self._frechet
+
     def features(self, m: int) -> np.ndarray:
         """(m', D) float64 features of m' = min(m, split size) real images chosen by a fixed permutation."""
         ds = self.dataset
@@ -397,6 +412,21 @@ class _Reference:
                 chunks.append(self.extractor.features(x.float()).double().numpy())
             self._real[m] = np.concatenate(chunks)
         return self._real[m]
+
+
+def _likelihood_data(cfg: Any, m: int) -> tuple[Tensor, Tensor | None, str]:
+    """min(m, split size) data points (with labels, or None) for the likelihood, chosen by the fixed
+    permutation REAL_SUBSET_SEED: from the test split when the dataset has one (held-out data, as NLLs are
+    reported), else from the split the run trained on. Returns (x, labels, split name)."""
+    d = cfg.data
+    try:
+        ds, split = _load_data(d.name, root=d.root, split="test", resolution=d.resolution, options=d.options), "test"
+    except (UserError, OSError):
+        ds, split = _load_data(d.name, root=d.root, split=d.split, resolution=d.resolution, options=d.options), d.split
+    m = min(int(m), len(ds))
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(REAL_SUBSET_SEED))[:m].sort().values
+    x, labels = ds.get_batch(idx)
+    return x.float().cpu(), (labels.cpu() if labels is not None else None), str(split)
 
 
 def _sample(denoiser: Any, shape: tuple[int, ...], seeds: list[int], *, sampler: str, grid: str, steps: int,
@@ -471,6 +501,7 @@ def evaluate_run(
     extractor_path: str | Path | None = None,
     seed: int = 0,
     n_boot: int = 0,
+    likelihood: dict[str, Any] | None = None,
     device: str | torch.device = "auto",
     progress: bool | None = None,
     log: LogFn | None = print,
@@ -485,7 +516,12 @@ def evaluate_run(
 
     Args:
         run_dir: a run directory (config.yaml, dataset.json, snapshots/).
-        metrics: METRICS names: fid, is, kid, pr (logged as precision and recall), class_accuracy.
+        metrics: METRICS names: fid, is, kid, pr (logged as precision and recall), class_accuracy, bpd.
+            bpd is a model metric: the snapshot's own likelihood of min(n, split size) data points of the
+            test split (else the training split) through the probability-flow ODE, with `likelihood`'s
+            settings (metrics.likelihood.LikelihoodSettings); its entries carry the ODE solver in
+            "sampler" and the settings in "options" instead of the sampling setting, which it ignores
+            (and guidance), so one entry serves every sampling setting. It works on points too.
             class_accuracy needs class labels: a class-conditional run or guidance gets labels cycling
             0..K-1; an unconditional unguided run is logged against the same cycling labels, which its
             samples ignore (the chance baseline that guidance is compared with; "conditioned": false).
@@ -501,6 +537,8 @@ def evaluate_run(
         extractor_path: the evaluation classifier's folder, or the Inception weights file.
         seed: first per-sample seed; also seeds the bootstrap and the KID subsets.
         n_boot: bootstrap resamples for 95% percentile intervals (0: none).
+        likelihood: bpd settings (solver, rtol, atol, grid, steps, divergence, probes, probe, dequantization,
+            max_nfe); defaults: rk45 at 1e-5, exact divergence up to 16 dimensions, else 1 Rademacher probe.
         device: "auto" (CUDA when available), "cpu", "cuda", "cuda:N".
         progress: True: tqdm bar while sampling; None: progress lines through `log`; False: one line per snapshot.
         log: where progress lines go (None: silent).
@@ -522,15 +560,30 @@ def evaluate_run(
     if int(n_boot) < 0:
         raise UserError(f"the number of bootstrap resamples must be >= 0, got {n_boot}")
     n_boot = int(n_boot)
+    # model metrics (bpd) read the snapshot's denoiser; the others the features of its samples
+    model_metrics = [m for m in requested if getattr(METRICS.get(m), "needs_model", False)]
+    feature_metrics = [m for m in requested if m not in model_metrics]
     if extractor not in ("classifier", "inception"):
         from .metrics import EXTRACTORS
         EXTRACTORS.get(extractor)
     cfg = read_run_config(run_dir)
     shape, k = _dataset_info(run_dir)
-    if len(shape) != 3:
-        raise UserError(f"image metrics need an image dataset; this run's samples have shape {shape}")
+    if feature_metrics and len(shape) != 3:
+        raise UserError(f"image metrics ({', '.join(feature_metrics)}) need an image dataset; this run's samples have "
+                        f"shape {shape} (bpd works on any data)")
     chosen = select_snapshots(run_dir, snapshots)
     dyn = make_dynamics(cfg)
+    lik_base: dict[str, Any] = {}
+    if model_metrics:
+        from .metrics.likelihood import LikelihoodSettings
+
+        lik = LikelihoodSettings.from_options(likelihood).resolved(shape, dyn)
+        heun = lik.solver == "heun"
+        lik_base = {"sampler": lik.solver, "grid": lik.grid if heun else None, "steps": lik.steps if heun else None,
+                    "options": _json_clean(lik.describe()), "guidance": None, "guidance_classifier": None, "n": n,
+                    "seed": seed}
+        if guidance:
+            log("bpd ignores guidance: it is the likelihood of the model itself")
     s = cfg.sample
     sampler, grid, steps = default_sampling(dyn, sampler or s.sampler, grid or s.grid, int(steps or s.steps or 0))
     SAMPLERS.get(sampler)
@@ -545,7 +598,7 @@ def evaluate_run(
         from types import SimpleNamespace
         make_guidance(SimpleNamespace(num_classes=k if conditional else None, cfg=cfg), *parsed)
 
-    ext = _load_extractor(extractor, cfg, extractor_path, dev, log)
+    ext = _load_extractor(extractor, cfg, extractor_path, dev, log) if feature_metrics else None
     labelled = k is not None
     use_labels = labelled and (conditional or parsed is not None)  # the sampler is told a class
     acc_ext = None  # the classifier that judges class accuracy
@@ -575,6 +628,8 @@ def evaluate_run(
             "guidance": guidance_label, "guidance_classifier": gclf_id, "n": n, "seed": seed}
 
     def key_for(kimg: float, name: str) -> tuple:
+        if name in model_metrics:
+            return entry_key({**lik_base, "kimg": kimg, "metric": name, "extractor": None, "extractor_hash": None})
         e = acc_ext if name == "class_accuracy" else ext
         return entry_key({**base, "kimg": kimg, "metric": name, "extractor": e.name, "extractor_hash": e.weights_hash})
 
@@ -587,15 +642,13 @@ def evaluate_run(
     seeds = list(range(seed, seed + n))
     labels = (torch.arange(n) % k) if labelled else None  # (n,) requested classes, cycling 0..K-1
     reference = _Reference(cfg, ext, log)
+    lik_data = None  # (x, labels, split) of the likelihood, loaded on first use
     results: list[dict[str, Any]] = []
-    for i, (kimg, snap) in enumerate(chosen):
-        pending = [m for m in requested if not all(satisfied(key_for(kimg, p)) for p in PRODUCES.get(m, (m,)))]
-        if not pending:
-            results.extend(logged[key_for(kimg, p)] for m in requested for p in PRODUCES.get(m, (m,)))
-            continue
+
+    def _feature_records(run: Any, pending: list[str], what: str) -> tuple[list[dict[str, Any]], int, float, Tensor]:
+        """Sample the snapshot with this setting; the records of the feature metrics in `pending`, and the samples."""
+        recs: list[dict[str, Any]] = []
         start = time.perf_counter()
-        what = f"kimg {kimg:g} ({i + 1}/{len(chosen)})"
-        run = load_run(run_dir, kimg, device=dev)
         den = run.denoiser
         if parsed is not None:
             den = make_guidance(run, parsed[0], parsed[1], classifier=gclf, device=dev)(den)
@@ -603,7 +656,7 @@ def evaluate_run(
                          cond=labels if use_labels else None, options=opts, device=dev, progress=progress,
                          log=log, what=f"sampling {what}")
         sample_s = time.perf_counter() - start
-        del run, den
+        del den
         if not torch.isfinite(x).all():
             log(f"{what}: {int((~torch.isfinite(x)).flatten(1).any(1).sum())} of {n} samples are not finite; "
                 "they are clamped to [-1, 1] for the metrics")
@@ -620,7 +673,6 @@ def evaluate_run(
         full = real_feats is not None and min(1000, n, real_feats.shape[0]) == n == real_feats.shape[0]
         ctx_opts = {"is_splits": min(10, n), "kid_subsets": 1 if full else 100, "kid_subset_size": 1000, "pr_k": 3,
                     "labels": labels.numpy() if labels is not None else None}
-        recs: list[dict[str, Any]] = []
         for m in pending:
             if m == "class_accuracy":
                 acc_logits = logits if acc_ext is ext else acc_ext.logits(x)
@@ -629,7 +681,7 @@ def evaluate_run(
                                     n_boot=n_boot, seed=seed, alpha=0.05, options=ctx_opts)
             else:
                 ctx = MetricContext(fake_features=feats.double().numpy(), fake_logits=logits.double().numpy(),
-                                    real_features=real_feats, reference=ref.frechet(), n_real=ref.n, extractor=ext,
+                                    real_features=real_feats, reference=reference.frechet(), n_real=ref.n, extractor=ext,
                                     n_boot=n_boot, seed=seed, alpha=0.05, options=ctx_opts)
             for rec in METRICS.get(m)(ctx):
                 if real_feats is not None and m in ("kid", "pr"):
@@ -645,6 +697,35 @@ def evaluate_run(
                 else:
                     rec["real"] = f"statistics of {reference.data_id}/{reference.split}"
                 recs.append(rec)
+        return recs, nfe, sample_s, x
+
+    for i, (kimg, snap) in enumerate(chosen):
+        pending = [m for m in requested if not all(satisfied(key_for(kimg, p)) for p in PRODUCES.get(m, (m,)))]
+        if not pending:
+            results.extend(logged[key_for(kimg, p)] for m in requested for p in PRODUCES.get(m, (m,)))
+            continue
+        start = time.perf_counter()
+        what = f"kimg {kimg:g} ({i + 1}/{len(chosen)})"
+        run = load_run(run_dir, kimg, device=dev)
+        recs: list[dict[str, Any]] = []
+        nfe, sample_s, x = None, 0.0, None
+        feature_pending = [m for m in pending if m not in model_metrics]
+        if feature_pending:
+            recs, nfe, sample_s, x = _feature_records(run, feature_pending, what)
+        for m in pending:
+            if m not in model_metrics:
+                continue
+            if lik_data is None:
+                lik_data = _likelihood_data(cfg, n)
+            xs, ys, split = lik_data
+            for rec in METRICS.get(m)(run.denoiser, xs, ys if run.num_classes else None, settings=lik, seed=seed,
+                                      n_boot=n_boot, batch=SAMPLE_BATCH, device=dev,
+                                      log=log if progress is not False else None):
+                rec.pop("likelihood")  # the settings are the entry's options
+                rec.update(_setting=lik_base, extractor=None, weights_hash=None, n_real=rec.pop("n"), seeds=None,
+                           reference_split=split, real=f"{xs.shape[0]} data points of {reference.data_id}/{split}")
+                recs.append(rec)
+        del run
         wall = time.perf_counter() - start
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
         path = run_dir / METRICS_FILE
@@ -652,9 +733,10 @@ def evaluate_run(
         for rec in recs:
             e_name = rec.pop("extractor")
             e_hash = rec.pop("weights_hash")
+            setting = rec.pop("_setting", base)  # a model metric's own setting replaces the sampling setting
             entry = {"kimg": kimg, "snapshot": snap.name, "metric": rec.pop("metric"), "value": rec.pop("value"),
-                     "interval": rec.pop("interval"), **base, "n_real": rec.pop("n_real"), "extractor": e_name,
-                     "extractor_hash": e_hash, "nfe": int(nfe), "seeds": [seed, seed + n - 1], "ema": True,
+                     "interval": rec.pop("interval"), **setting, "n_real": rec.pop("n_real"), "extractor": e_name,
+                     "extractor_hash": e_hash, "nfe": nfe, "seeds": [seed, seed + n - 1], "ema": True,
                      "dataset": reference.data_id, "reference_split": reference.split,
                      "wall_s": round(wall, 3), "sample_s": round(sample_s, 3), "time": stamp, **rec}
             if e_name == "classifier":
@@ -668,7 +750,7 @@ def evaluate_run(
         log_evaluation(run_dir, cfg.train.tensorboard, kimg, lines, x)
         results.extend(logged[key_for(kimg, p)] for m in requested for p in PRODUCES.get(m, (m,)))
         log(f"evaluated {what}: " + "  ".join(f"{e['metric']} {e['value']:.4g}" for e in lines if e["value"] is not None)
-            + f"  (NFE {nfe}, {wall:.1f} s)")
+            + f"  ({'' if nfe is None else f'NFE {nfe}, '}{wall:.1f} s)")
     return results
 
 

@@ -8,6 +8,10 @@ The one entry point evaluation code calls is :func:`compute_metrics`:
 
 Every returned number is a record saying what it is: metric, value, interval, sample counts,
 extractor name and weights hash, and which direction is better.
+
+One metric needs the model rather than features: ``bpd`` (:mod:`.likelihood`, negative log-likelihood
+through the probability-flow ODE). Its registry entry is marked ``needs_model`` and takes
+(denoiser, data, labels); :func:`diffatlas.evaluate.evaluate_run` calls it per snapshot.
 """
 
 from __future__ import annotations
@@ -196,6 +200,18 @@ def _class_accuracy(ctx: MetricContext) -> list[dict[str, Any]]:
                        f" (chance {1.0 / k:.3g})", True, boot, chance=1.0 / k, interval_resamples="indicators")]
 
 
+@METRICS.register("bpd", "negative log-likelihood in bits/dim through the probability-flow ODE (lower is better; "
+                         "needs the model, not features)")
+def _bpd(denoiser: Any, x: Tensor, labels: Tensor | None = None, **kwargs: Any) -> list[dict[str, Any]]:
+    """A model metric: evaluated on data x (n, *shape) by the denoiser itself (likelihood.evaluate_bpd)."""
+    from .likelihood import evaluate_bpd
+
+    return [evaluate_bpd(denoiser, x, labels, **kwargs)]
+
+
+_bpd.needs_model = True  # type: ignore[attr-defined]
+
+
 def compute_metrics(
     fake_x: Tensor,
     real: RefStats | Tensor,
@@ -230,6 +246,10 @@ def compute_metrics(
     """
     names = list(dict.fromkeys(metrics))
     fns = [METRICS.get(m) for m in names]  # unknown names fail before any work
+    model_metrics = [n for n, fn in zip(names, fns) if getattr(fn, "needs_model", False)]
+    if model_metrics:
+        raise UserError(f"metrics {model_metrics} need the model, not image features: use `diffatlas evaluate` or "
+                        "diffatlas.metrics.likelihood.evaluate_bpd")
     if n_boot < 0:
         raise UserError(f"n_boot must be >= 0, got {n_boot}")
     if isinstance(real, RefStats):

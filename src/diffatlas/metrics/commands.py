@@ -11,7 +11,8 @@ from ..validate import COUNT, COUNT_MAX, POSITIVE, SEED, STEPS, Range, arg
 
 BOOT = Range(0, 100_000, integer=True)
 
-EVAL_HELP = "comma-separated: fid, is, kid, pr (precision and recall), class_accuracy"
+EVAL_HELP = ("comma-separated: fid, is, kid, pr (precision and recall), class_accuracy, bpd (negative log-likelihood "
+             "in bits/dim of test data through the probability-flow ODE)")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -38,8 +39,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="with --noisy: save the seeded untrained classifier (the misguided control)")
     p.set_defaults(func=cmd_train_classifier)
 
-    p = sub.add_parser("evaluate", help="evaluate a run's snapshots (FID, IS, KID, precision/recall, class accuracy) "
-                                        "into RUN/metrics.jsonl; resumes, never duplicates")
+    p = sub.add_parser("evaluate", help="evaluate a run's snapshots (FID, IS, KID, precision/recall, class accuracy, "
+                                        "bits/dim) into RUN/metrics.jsonl; resumes, never duplicates")
     p.add_argument("run", help="run directory")
     p.add_argument("--snapshots", default="all", help="all, last, 'every K' (kimg), or kimg values a,b,c")
     p.add_argument("--metrics", default="fid,is", help=EVAL_HELP)
@@ -55,6 +56,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--extractor-path", help="evaluation classifier folder, or Inception weights file")
     p.add_argument("--seed", type=arg(SEED), default=0, help="first per-sample seed (sample i uses seed + i)")
     p.add_argument("--boot", type=arg(BOOT), default=0, help="bootstrap resamples for 95%% intervals (0: none)")
+    p.add_argument("--bpd", action="append", default=[], metavar="KEY=VALUE",
+                   help="bpd estimator setting: solver (rk45, heun), rtol, atol, grid, steps, divergence (auto, exact, "
+                        "hutchinson), probes, probe (rademacher, gaussian), dequantization (auto, uniform, none), max_nfe")
     p.add_argument("--device", default="auto")
     p.add_argument("--progress", choices=["auto", "bar", "lines", "none"], default="auto")
     p.set_defaults(func=cmd_evaluate)
@@ -146,12 +150,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     entries = evaluate_run(args.run, metrics=args.metrics, n=args.n, snapshots=args.snapshots, sampler=args.sampler,
                            steps=args.steps, grid=args.grid, options=_kv(args.option, "--option"),
                            guidance=args.guidance, classifier_dir=args.classifier, extractor=args.extractor,
-                           extractor_path=args.extractor_path, seed=args.seed, n_boot=args.boot, device=args.device,
-                           progress=progress, log=print)
+                           extractor_path=args.extractor_path, seed=args.seed, n_boot=args.boot,
+                           likelihood=_kv(args.bpd, "--bpd"), device=args.device, progress=progress, log=print)
     for e in entries:
         iv = e.get("interval")
         ivs = f" [{iv[0]:.4g}, {iv[1]:.4g}]" if iv else ""
-        print(f"kimg {e['kimg']:<10g} {e['metric']:<15} {e['value']:.5g}{ivs}  (n {e['n']}, {e['sampler']} x{e['steps']}, "
+        steps = f" x{e['steps']}" if e.get("steps") is not None else ""
+        n = f"n {e['n']}" if e.get("extractor") else f"{e.get('n_real')} data points"  # a model metric has no samples
+        print(f"kimg {e['kimg']:<10g} {e['metric']:<15} {e['value']:.5g}{ivs}  ({n}, {e['sampler']}{steps}, "
               f"NFE {e['nfe']}{', ' + e['guidance'] if e.get('guidance') else ''})")
     print(f"{len(entries)} entries in {Path(args.run) / 'metrics.jsonl'}")
     return 0

@@ -15,6 +15,7 @@ The `edm` sampler works in that scaled frame (x_hat = x / alpha, s = sigma_hat, 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -154,6 +155,69 @@ _A = (
 _E = (71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40)
 
 
+def dormand_prince(f: Callable[[Tensor, float], Tensor], y: Tensor, t0: float, t1: float, *, rtol: float,
+                   atol: float, max_evals: int = 100_000, what: str = "the ODE solver") -> tuple[Tensor, int]:
+    """Adaptive Dormand-Prince 5(4) (Dormand & Prince 1980) for dy/dt = f(y, t) from t0 to t1 (either direction).
+
+    The whole tensor is one system: one step size, error measured as the RMS over all elements of
+    err / (atol + rtol max(|y|, |y_new|)); step factor 0.9 err^(-1/5) clipped to [0.2, 10] (no growth
+    right after a rejection); first step by Hairer et al. (1993, II.4). Returns (y(t1), evaluations of f):
+    6 per accepted or rejected step, +2 to start. Raises UserError past `max_evals` evaluations.
+    """
+    rtol, atol = float(rtol), float(atol)
+    if not (rtol > 0 and atol > 0):
+        raise UserError(f"{what} needs rtol > 0 and atol > 0, got rtol={rtol}, atol={atol}")
+    if t0 == t1:
+        return y, 0
+    sgn = 1.0 if t1 > t0 else -1.0                                            # direction of time
+    span = abs(t1 - t0)
+    evals = 0
+
+    def fe(v: Tensor, t: float) -> Tensor:
+        nonlocal evals
+        evals += 1
+        return f(v, t)
+
+    def rms(v: Tensor) -> float:
+        return float(v.detach().pow(2).mean().sqrt())
+
+    fy = fe(y, t0)
+    # Initial step size (Hairer, Norsett & Wanner 1993, II.4, "starting step size").
+    scale = atol + rtol * y.abs()
+    d0, d1 = rms(y / scale), rms(fy / scale)
+    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+    h0 = min(h0, span)
+    f1 = fe(y + sgn * h0 * fy, t0 + sgn * h0)
+    d2 = rms((f1 - fy) / scale) / h0
+    h1 = max(1e-6, h0 * 1e-3) if max(d1, d2) <= 1e-15 else (0.01 / max(d1, d2)) ** 0.2
+    h_abs = min(100 * h0, h1, span)
+    t, rejected = t0, False
+    while sgn * (t1 - t) > 0:
+        if evals > max_evals:
+            raise UserError(f"{what} used more than max_nfe = {max_evals} evaluations before reaching t = {t1:g}; "
+                            "loosen rtol/atol or raise max_nfe")
+        t_new = t + sgn * h_abs
+        if sgn * (t1 - t_new) <= 1e-12 * max(1.0, abs(t1)):
+            t_new = t1
+        dt = t_new - t
+        k = [fy]
+        for j in range(1, 7):                                                 # stages 2..7 (7 = FSAL, at t_new)
+            y_j = y + dt * sum(a * kk for a, kk in zip(_A[j], k) if a != 0.0)
+            k.append(fe(y_j, t + _C[j] * dt))
+        y_new = y_j                                                           # stage 7 point = 5th-order solution
+        err = dt * sum(e * kk for e, kk in zip(_E, k) if e != 0.0)
+        en = rms(err / (atol + rtol * torch.maximum(y.abs(), y_new.abs())))
+        if en <= 1.0:
+            t, y, fy = t_new, y_new, k[6]
+            factor = 10.0 if en == 0 else min(10.0, 0.9 * en ** -0.2)
+            h_abs *= min(1.0, factor) if rejected else factor
+            rejected = False
+        else:
+            h_abs *= max(0.2, 0.9 * en ** -0.2)
+            rejected = True
+    return y, evals
+
+
 def _rk45_plan(nfe: int, options: dict) -> tuple[int, dict]:
     # Adaptive: only the grid's ends matter; the budget sets rtol = atol = 10^(1 - 2 log10(nfe)) (10 -> 1e-1, 1000 -> 1e-5).
     tol = min(1e-1, max(1e-8, 10 ** (1 - 2 * math.log10(max(int(nfe), 2)))))
@@ -168,65 +232,21 @@ def _rk45_plan(nfe: int, options: dict) -> tuple[int, dict]:
 def rk45(denoiser: Any, x: Tensor, ts: Tensor, *, generator: torch.Generator | None = None,
          cond: Tensor | None = None, denoise_final: bool = True, rtol: float = 1e-5, atol: float = 1e-5,
          max_nfe: int = 100_000, **options: Any) -> SampleResult:
-    """Adaptive Dormand-Prince 5(4) (Dormand & Prince 1980) on dx/dt = d_alpha D + d_sigma eps from ts[0] to
+    """Adaptive Dormand-Prince 5(4) (:func:`dormand_prince`) on dx/dt = d_alpha D + d_sigma eps from ts[0] to
     ts[-1] (the inner grid points are ignored), rtol = atol = 1e-5 as in Song et al. (2021).
 
-    The whole batch is one ODE system (as Song et al. solve it with scipy): one step size, error measured
-    as the RMS over all elements of err / (atol + rtol max(|x|, |x_new|)); step factor 0.9 err^(-1/5)
-    clipped to [0.2, 10] (no growth right after a rejection); first step by Hairer et al. (1993, II.4).
+    The whole batch is one ODE system (as Song et al. solve it with scipy): one step size for all samples.
     NFE counts every evaluation (6 per accepted or rejected step, +2 to start, +1 final denoise).
     """
     reject_unknown("rk45", options, "rtol, atol, max_nfe")
-    rtol, atol = float(rtol), float(atol)
-    if not (rtol > 0 and atol > 0):
-        raise UserError(f"rk45 needs rtol > 0 and atol > 0, got rtol={rtol}, atol={atol}")
     model, c = prepare(denoiser, x, ts, cond)
     dyn = model.dynamics
-    t0, t1 = c.t[0], c.t[-1]
+    t1 = c.t[-1]
 
     def vel(y: Tensor, t: float) -> Tensor:
         a, s, da, ds = coefficients_at(dyn, t)
         d = model(y, t)
         return da * d + ds * (y - a * d) / s
 
-    def rms(v: Tensor) -> float:
-        return float(v.detach().pow(2).mean().sqrt())
-
-    if t0 > t1:
-        span = t0 - t1
-        y, f = x, vel(x, t0)
-        # Initial step size (Hairer, Norsett & Wanner 1993, II.4, "starting step size"), time running backwards.
-        scale = atol + rtol * y.abs()
-        d0, d1 = rms(y / scale), rms(f / scale)
-        h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
-        h0 = min(h0, span)
-        f1 = vel(y - h0 * f, t0 - h0)
-        d2 = rms((f1 - f) / scale) / h0
-        h1 = max(1e-6, h0 * 1e-3) if max(d1, d2) <= 1e-15 else (0.01 / max(d1, d2)) ** 0.2
-        h_abs = min(100 * h0, h1, span)
-        t, rejected = t0, False
-        while t > t1:
-            if model.nfe > max_nfe:
-                raise UserError(f"rk45 used more than max_nfe = {max_nfe} evaluations before reaching t = {t1:g}; "
-                                "loosen rtol/atol or raise max_nfe")
-            t_new = t - h_abs
-            if t_new <= t1 + 1e-12 * max(1.0, abs(t1)):
-                t_new = t1
-            dt = t_new - t                                                    # negative
-            k = [f]
-            for j in range(1, 7):                                             # stages 2..7 (7 = FSAL, at t_new)
-                y_j = y + dt * sum(a * kk for a, kk in zip(_A[j], k) if a != 0.0)
-                k.append(vel(y_j, t + _C[j] * dt))
-            y_new = y_j                                                       # stage 7 point = 5th-order solution
-            err = dt * sum(e * kk for e, kk in zip(_E, k) if e != 0.0)
-            en = rms(err / (atol + rtol * torch.maximum(y.abs(), y_new.abs())))
-            if en <= 1.0:
-                t, y, f = t_new, y_new, k[6]
-                factor = 10.0 if en == 0 else min(10.0, 0.9 * en ** -0.2)
-                h_abs *= min(1.0, factor) if rejected else factor
-                rejected = False
-            else:
-                h_abs *= max(0.2, 0.9 * en ** -0.2)
-                rejected = True
-        x = y
+    x, _ = dormand_prince(vel, x, c.t[0], t1, rtol=rtol, atol=atol, max_evals=max_nfe, what="rk45")
     return finish(model, x, t1, denoise_final)
