@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "diffatlas.metrics.commands",   # train-classifier, evaluate, curves, sample-size
     "diffatlas.guidance.commands",  # guidance-sweep
     "diffatlas.study.commands",     # study plan/run/status, report, quickstart
+    "diffatlas.study.calibration",  # calibrate
 ]
 
 

@@ -18,6 +18,7 @@ A study file (YAML) reads
       every_kimg: 50            # sets train.snapshot_kimg: every snapshot is evaluated
       samplers: [{sampler: heun, steps: 18}, {sampler: ddim, steps: 50}]
       n_sweep: [250, 500, 1000] # extra evaluations of the final snapshot at these sample counts
+      draws: {n: 500, count: 4} # independent evaluations of the final snapshot on disjoint seed ranges
     max_attempts: 2
 
 Groups combine by Cartesian product; a run is base + one combination + one seed. Its id is a
@@ -40,7 +41,7 @@ from ..errors import UserError
 from ..registry import UnknownNameError
 
 STUDY_KEYS = ("name", "description", "base", "base_file", "axes", "seeds", "budget_kimg", "evaluation", "max_attempts")
-EVAL_KEYS = ("metrics", "n", "every_kimg", "samplers", "n_sweep", "extractor", "seed")
+EVAL_KEYS = ("metrics", "n", "every_kimg", "samplers", "n_sweep", "extractor", "seed", "draws")
 # Keys the study sets itself; an axis over them would fight with `seeds`, `budget_kimg`, `every_kimg`.
 RESERVED = {"train.seed": "seeds", "train.kimg": "budget_kimg"}
 # Sections whose extra keys are keyword arguments of a registry object (checked by config.resolve).
@@ -51,7 +52,10 @@ _OPTION_SECTIONS = {name for name, cls in C._SECTION_CLASSES.items() if "options
 class Evaluation:
     """How each run is evaluated. `samplers` is a list of {sampler, steps, guidance} settings (an
     empty mapping = the run's own sampler, unguided; guidance e.g. "classifier:2" is passed to
-    evaluate_run); every snapshot is evaluated with every setting."""
+    evaluate_run); every snapshot is evaluated with every setting. `draws` ({n, count, seed}, or None)
+    evaluates the final snapshot `count` more times with the first setting, at n samples each, draw j
+    on the per-sample seeds seed + j*n ... seed + (j+1)*n - 1 (disjoint from each other and, by
+    default, from the seeds of every other evaluation): the IS-vs-FID stability claim's data."""
 
     metrics: tuple[str, ...] = ("fid", "is")
     n: int = 1000
@@ -60,6 +64,7 @@ class Evaluation:
     n_sweep: tuple[int, ...] = ()
     extractor: str = "classifier"
     seed: int = 0
+    draws: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -317,7 +322,25 @@ def _parse_evaluation(d: Any) -> Evaluation:
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise UserError(f"evaluation.seed must be an integer, got {seed!r}")
     return Evaluation(tuple(metrics), n, None if every is None else float(every), settings,
-                      tuple(sorted(set(sweep))), str(extractor), seed)
+                      tuple(sorted(set(sweep))), str(extractor), seed,
+                      _parse_draws(d.get("draws"), seed, max([n, *sweep])))
+
+
+def _parse_draws(d: Any, eval_seed: int, largest_n: int) -> dict | None:
+    """evaluation.draws: {n, count[, seed]}; the seed defaults to the first per-sample seed after
+    every other evaluation's (eval seed + the largest n), and is stored resolved."""
+    if d is None:
+        return None
+    if not isinstance(d, dict) or set(d) - {"n", "count", "seed"} or not {"n", "count"} <= set(d):
+        raise UserError(f"evaluation.draws must be a mapping {{n: samples, count: draws[, seed: first seed]}}, got {d!r}")
+    for k, least in (("n", 2), ("count", 2)):
+        v = d[k]
+        if not isinstance(v, int) or isinstance(v, bool) or v < least:
+            raise UserError(f"evaluation.draws.{k} must be an integer >= {least}, got {v!r}")
+    seed = d.get("seed", eval_seed + largest_n)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise UserError(f"evaluation.draws.seed must be an integer, got {seed!r}")
+    return {"n": int(d["n"]), "count": int(d["count"]), "seed": int(seed)}
 
 
 def study_from_dict(d: Any, source: str | None = None, base_dir: Path | None = None) -> Study:
