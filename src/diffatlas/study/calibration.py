@@ -282,7 +282,7 @@ def design_lines(study: Any, alpha: float = S.ALPHA) -> list[str]:
         if v.tests and v.tests[0].n_pairs:
             dz = v.tests[0].detectable
             det = f"; smallest detectable effect d_z {dz:.2g} at 80% power" if math.isfinite(dz) else ""
-        out.append(f"  {v.claim}: can reach a verdict ({v.n} pairs of trained models{det})")
+        out.append(f"  {v.claim}: can reach a verdict ({v.n} {v.unit}{det})")
     return out
 
 

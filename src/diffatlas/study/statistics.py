@@ -617,7 +617,8 @@ class Verdict:
 
     verdict: one of :data:`VERDICTS`; p: the claim's p-value before the correction across claims,
     p_adj after it; lean: the verdict the evidence points to if significant; robust: the sign-flip
-    checks of the tests behind `lean` pass; n: trained-model pairs (or runs) behind the verdict."""
+    checks of the tests behind `lean` pass; n: the `unit`s behind the verdict (pairs of trained
+    models, or runs)."""
 
     claim: str
     verdict: str
@@ -630,6 +631,7 @@ class Verdict:
     robust: bool = True
     undecided: str = NO_DIFFERENCE
     tests: list[Comparison] = field(default_factory=list)
+    unit: str = "pairs of trained models"   # what n counts
 
     @property
     def decidable(self) -> bool:
@@ -1029,7 +1031,7 @@ def claim_is_stability(sweeps: Sequence[dict] = (), seed: int = 0, *, records: S
     runs = len(ns)
     if runs < 3:
         return Verdict(claim, UNDERPOWERED, [f"{runs} run(s) with draws of FID and IS; the comparison needs at least 3"]
-                       + shown, runs, definition)
+                       + shown, runs, definition, unit="runs")
     icc_f, loo_f = icc1_jackknife(tables["fid"])
     icc_i, loo_i = icc1_jackknife(tables["is"])
     d_icc, se = icc_i - icc_f, _jackknife_se(loo_i - loo_f)
@@ -1046,7 +1048,9 @@ def claim_is_stability(sweeps: Sequence[dict] = (), seed: int = 0, *, records: S
           f"{icc_i + q * se_i:.3f}]; IS - FID = {d_icc:+.3f} [95% CI {d_icc - q * se:+.3f}, {d_icc + q * se:+.3f}] "
           f"(jackknife over runs), smallest detectable difference at 80% power about "
           f"{(q + float(special.stdtrit(df, POWER))) * se:.3f}"] + shown
-    return _routes(claim, runs, ev, [], {"supported": (p_up, True), "contradicted": (p_down, True)}, NO_DIFFERENCE, alpha)
+    v = _routes(claim, runs, ev, [], {"supported": (p_up, True), "contradicted": (p_down, True)}, NO_DIFFERENCE, alpha)
+    v.unit = "runs"
+    return v
 
 
 def verdicts(records: Sequence[dict], axes: Sequence[str], metrics: Sequence[str], *, budget: float | None = None,
