@@ -166,6 +166,8 @@ def test_is_stability_is_not_decided_by_fids_bias_in_n():
     v = _verdict(equal, sweeps=sweeps)[claim]
     assert v.verdict == "no detectable difference", v.evidence  # the n sweep's relative change would "support" it
     assert "not tested" in " ".join(v.evidence) and "ICC" in v.evidence[0]
+    only_sweep = S.claim_is_stability(sweeps)  # without draws the claim is not tested at all
+    assert only_sweep.verdict == "not tested" and "n sweep (not tested" in only_sweep.evidence[1]
     noisy_fid, _ = _draw_records(rng, 24, {"fid": 1.5, "is": 0.3})
     assert _verdict(noisy_fid)[claim].verdict == "supported"
     noisy_is, _ = _draw_records(rng, 24, {"fid": 0.3, "is": 1.5})

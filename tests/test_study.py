@@ -426,24 +426,6 @@ def test_permutation_and_bootstrap_against_exact_values():
     assert v.verdict == "contradicted"
 
 
-def test_model_size_and_is_stability_claims():
-    """Model size across datasets is supported; an n sweep alone does not test IS stability (FID's 1/n bias
-    would decide it), independent draws do (tests/test_statistics.py)."""
-    rng = np.random.default_rng(3)
-    recs = []
-    for s in range(8):
-        for data, gain in (("digits", 0.05), ("image-folder", 0.5)):
-            for size in ("unet-xs", "unet-m"):
-                fid = 30.0 * (1 - gain if size == "unet-m" else 1.0) * (1 + rng.normal(0, 0.01))
-                recs.append({"labels": {"data.name": data, "network.preset": size, "seed": s, S.EVAL_KEY: "d"},
-                             "metric": "fid", "final": fid, "converged_kimg": None})
-    v = S.claim_model_size(recs, ["data.name", "network.preset"], ["fid"])
-    assert v.verdict == "supported", v.evidence
-    sweeps = [{"fid": {250: 40.0 + rng.normal(0, .5), 1000: 20.0}, "is": {250: 8.1 + rng.normal(0, .05), 1000: 8.0}} for _ in range(8)]
-    v = S.claim_is_stability(sweeps)
-    assert v.verdict == "not tested" and "n sweep (not tested" in v.evidence[1]
-
-
 # ---- shipped studies ---------------------------------------------------------------------------
 
 def test_quickstart_embedded_matches_file():
