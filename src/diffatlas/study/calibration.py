@@ -214,7 +214,6 @@ def calibrate(layout: Layout, *, null: int = 1000, planted: int = 1000, effect_d
     rng = np.random.default_rng(seed)
     counts: dict[str, dict[str, int]] = {}
     familywise = 0
-    every = max(1, (null + planted) // 10)
     for i in range(null):
         rows = _run_verdicts(layout, simulate(layout, rng))
         wrong = False
@@ -223,7 +222,7 @@ def calibrate(layout: Layout, *, null: int = 1000, planted: int = 1000, effect_d
             counts[v.claim][v.verdict] += 1
             wrong |= _false(v.claim, v.verdict)
         familywise += wrong
-        if log and (i + 1) % every == 0:
+        if log and (i + 1) % max(1, null // 5) == 0:
             log(f"  null studies: {i + 1}/{null} ({time.perf_counter() - t0:.0f} s)")
     metric = S._primary(list(layout.metrics)) or "fid"
     axis = S._find_axis(layout.axes, "dynamics.name") or "dynamics.name"
@@ -234,7 +233,7 @@ def calibrate(layout: Layout, *, null: int = 1000, planted: int = 1000, effect_d
     for i in range(planted):
         rows = _run_verdicts(layout, simulate(layout, rng, eff))
         detected += next(v.verdict for v in rows if v.claim == S.CLAIM_DISCRETE) == "supported"
-        if log and (null + i + 1) % every == 0:
+        if log and (i + 1) % max(1, planted // 5) == 0:
             log(f"  planted-effect studies: {i + 1}/{planted} ({time.perf_counter() - t0:.0f} s)")
     return Result(null, familywise, counts, planted, detected, effect_dz, units, time.perf_counter() - t0)
 
