@@ -404,6 +404,14 @@ CASES: list[Case] = [
     Case("snr-sigma-nan", "snr-plot ve:sigma_max=nan --out {tmp}/a.png", expect="sigma_max"),
     Case("snr-out-in-file", "snr-plot ddpm --out {file}/a.png", expect="is a file"),
     Case("snr-out-format", "snr-plot ddpm --out {tmp}/a.foo", expect="format"),
+    # ---- calibrate
+    Case("calibrate-no-null-studies", "calibrate --null 0", expect="--null"),
+    Case("calibrate-null-nan", "calibrate --null nan", expect="--null"),
+    Case("calibrate-one-seed", "calibrate --seeds 1", expect="--seeds"),
+    Case("calibrate-negative-effect", "calibrate --effect -1", expect="--effect"),
+    Case("calibrate-effect-inf", "calibrate --effect inf", expect="--effect"),
+    Case("calibrate-missing-study", "calibrate --study {tmp}/nothing.yaml", expect="does not exist"),
+    Case("calibrate-unknown-flag", "calibrate --alpha 2", expect="unrecognized"),
     # ---- import / export (diffusers folders)
     Case("import-missing-folder", "import diffusers {tmp}/nothing --run-dir {tmp}/new", expect="not a folder"),
     Case("import-a-file", "import diffusers {file} --run-dir {tmp}/new", expect="not a folder"),

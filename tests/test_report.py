@@ -28,7 +28,7 @@ from diffatlas.study.spec import study_from_dict  # noqa: E402
 def study_out(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("report") / "out"
     d = {**FAKE_STUDY, "name": "fake <script>alert(1)</script> & co",
-         "axes": [{"product": {"dynamics.name": ["ddpm", "ncsn"]}}], "seeds": [0, 1, 2]}
+         "axes": [{"product": {"dynamics.name": ["ddpm", "ncsn"]}}], "seeds": [0, 1, 2, 3, 4, 5]}
     Runner(study_from_dict(d), out, work=fake_work, resolve=no_resolve).run()
     # one run ships its own sample grid
     rd = sorted((out / "runs").iterdir())[0]
@@ -49,9 +49,10 @@ def test_report_contents_and_escaping(study_out):
     for needle in ("Verdicts on the paper", "Final metrics", "Training curves", "Convergence", "Noise schedules", "Samples",
                    "Quality vs sampling cost"):
         assert needle in html_text and needle in md
-    # the fake study makes ncsn worse on both metrics with 3 seeds x 2 samplers = 6 pairs
-    assert re.search(r"DDPM-based beats NCSN-based \(discrete: ddpm vs ncsn\)</td><td class='supported'>", html_text)
-    assert "not tested" in html_text
+    # the fake study makes ncsn worse on both metrics; 6 seeds are 6 pairs of trained models (2 samplers each)
+    assert re.search(r"DDPM-based beats NCSN-based \(discrete: ddpm vs ncsn\)</td><td class='supported'>supported</td>"
+                     r"<td>6</td>", html_text)
+    assert "not tested" in html_text and "How each claim is decided" in md and "never dropped" in md
     # no external resources: everything inline
     assert not re.search(r"""(src|href)=['"](?!data:)""", html_text)
     imgs = _data_uris(html_text)

@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "diffatlas.guidance.commands",  # guidance-sweep
     "diffatlas.study.commands",     # study plan/run/status, report, quickstart
     "diffatlas.interop.commands",   # import diffusers, export diffusers
+    "diffatlas.study.calibration",  # calibrate
 ]
 
 

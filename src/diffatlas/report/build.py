@@ -63,7 +63,7 @@ def _final_table(res: StudyResults, records: list[dict]) -> Table:
     for r in records:
         key = (_config_label(r["labels"], axes), r["labels"][S.EVAL_KEY])
         groups[key][r["metric"]].append(r["final"])
-    header = ["configuration", "evaluation"] + [f"{m} ({'lower' if S.direction(m) < 0 else 'higher'} better)" for m in res.metrics] + ["seeds"]
+    header = ["configuration", "evaluation"] + [f"{m} ({'lower' if S.direction(m, records) < 0 else 'higher'} better)" for m in res.metrics] + ["seeds"]
     rows = []
     for (conf, ev), by_metric in groups.items():
         row = [conf, ev]
@@ -148,6 +148,20 @@ def _dynamics_configs(res: StudyResults) -> dict[str, dict]:
     return out
 
 
+def _verdict_section(verdicts: list[S.Verdict]) -> Section:
+    """The verdict table and, below it, each claim's operational definition."""
+    k = sum(1 for v in verdicts if np.isfinite(v.p_adj))
+    text = [f"Each claim of arXiv 2402.13369 is tested on this study's trained models (one seed of one configuration "
+            f"is one unit; evaluation settings of one model are averaged, not counted as replicates). p: the claim's "
+            f"p-value after the Holm correction over the {k} claim(s) this design can decide; 'underpowered': the design "
+            f"cannot reach p < {S.ALPHA} at all (e.g. fewer than {S.min_pairs(S.ALPHA)} seeds); 'not tested': the "
+            "study lacks what the claim needs. How each claim is decided:"]
+    text += [f"{v.claim}: {v.definition}" for v in verdicts if v.definition]
+    table = Table(["claim", "verdict", "n", "p (Holm)", "evidence"],
+                  [[v.claim, v.verdict, str(v.n), _fmt(v.p_adj, 3), " | ".join(v.evidence)] for v in verdicts])
+    return Section("Verdicts on the paper's claims", text, [table])
+
+
 def build_report(out: str | Path, samples: int = 16, seed: int = 0) -> tuple[str, list[Section]]:
     """Collect results and statistics into sections. Returns (study name, sections)."""
     res = load_results(out)
@@ -166,21 +180,25 @@ def build_report(out: str | Path, samples: int = 16, seed: int = 0) -> tuple[str
     sections.append(overview)
 
     verdicts = S.verdicts(records, res.axes, metrics, budget=res.budget_kimg, sweeps=res.sweeps(), seed=seed)
-    sections.append(Section("Verdicts on the paper's claims", [
-        "Each claim of arXiv 2402.13369 is tested on this study's runs: paired differences across seeds (runs that share "
-        "every other axis value), a 95% percentile-bootstrap interval and a sign-flip permutation p-value; "
-        f"supported / contradicted needs p < {S.ALPHA} and an interval that excludes zero."],
-        [Table(["claim", "verdict", "n", "evidence"], [[v.claim, v.verdict, str(v.n), " | ".join(v.evidence)] for v in verdicts])]))
+    sections.append(_verdict_section(verdicts))
 
     if records:
         sections.append(Section("Final metrics", ["Mean over seeds at the last evaluated snapshot, with a 95% bootstrap interval."],
                                 [_final_table(res, records)]))
         comps = S.all_pairwise(records, [a for a in res.axes], metrics, seed=seed)
         if comps:
-            sections.append(Section("Pairwise comparisons", [], [Table(
-                ["axis", "a", "b", "metric", "mean a - b", "95% CI", "p", "pairs", "better"],
-                [[c.axis, str(c.a), str(c.b), c.metric, _fmt(c.diff), f"[{_fmt(c.ci[0])}, {_fmt(c.ci[1])}]", _fmt(c.p, 3),
-                  str(c.n_pairs), {"a": str(c.a), "b": str(c.b), "none": "no significant difference"}[c.verdict]] for c in comps])]))
+            sections.append(Section("Pairwise comparisons", [
+                "Every pair of values of every axis on every metric, over pairs of trained models (each model reduced to "
+                "its mean over the evaluation settings both sides share). p: paired t-test, Holm-corrected over this "
+                f"table; a direction also needs the sign-flip test below {S.ALPHA}. Smallest detectable d_z: at "
+                f"{S.POWER:.0%} power and Holm's strictest level."], [Table(
+                ["axis", "a", "b", "metric", "mean a - b", "95% CI", "d_z [95% CI]", "p (Holm)", "sign-flip p", "pairs",
+                 "smallest detectable d_z", "better"],
+                [[c.axis, str(c.a), str(c.b), c.metric, _fmt(c.diff), f"[{_fmt(c.ci[0])}, {_fmt(c.ci[1])}]",
+                  f"{_fmt(c.dz, 3)} [{_fmt(c.dz_ci[0], 3)}, {_fmt(c.dz_ci[1], 3)}]", _fmt(c.p_adj, 3), _fmt(c.p_signflip, 3),
+                  str(c.n_pairs), _fmt(c.detectable, 3) if np.isfinite(c.detectable) else "none (too few pairs)",
+                  {"a": str(c.a), "b": str(c.b), "none": "no detectable difference", "underpowered": "underpowered"}[c.verdict]]
+                 for c in comps])]))
         eff_rows = []
         for axis in res.axes:
             for m in metrics:
@@ -265,7 +283,7 @@ table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.85em; }
 th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: left; vertical-align: top; }
 th { background: #f0f0f0; }
 td.supported { background: #d8f5d8; } td.contradicted { background: #f8d4d4; }
-td.inconclusive { background: #fbf3d0; } td.not-tested { background: #eee; }
+td.inconclusive, td.no-detectable-difference, td.underpowered { background: #fbf3d0; } td.not-tested { background: #eee; }
 figure { display: inline-block; margin: 0.5em; } figcaption { font-size: 0.8em; color: #555; }
 img { max-width: 100%; image-rendering: pixelated; }
 """
@@ -284,7 +302,7 @@ def render_html(name: str, sections: list[Section]) -> str:
             for row in t.rows:
                 cells = []
                 for c in row:
-                    cls = c.replace(" ", "-") if c in ("supported", "contradicted", "inconclusive", "not tested") else ""
+                    cls = c.replace(" ", "-") if c in S.VERDICTS else ""
                     cells.append(f"<td class='{cls}'>{e(c)}</td>" if cls else f"<td>{e(c)}</td>")
                 parts.append("<tr>" + "".join(cells) + "</tr>")
             parts.append("</table>")

@@ -70,7 +70,11 @@ def plan_text(study: Study, runs: list[RunSpec], *, measure: bool = True, steps:
     samplers = "; ".join(", ".join(f"{k}={v}" for k, v in s.items()) or "the run's own sampler" for s in ev.samplers)
     every = "every snapshot" if study.models else f"every {ev.every_kimg or 'snapshot_kimg'} kimg"
     lines.append(f"evaluation: {', '.join(ev.metrics)} with n={ev.n}, {every}, "
-                 f"samplers: {samplers}" + (f", n sweep {list(ev.n_sweep)}" if ev.n_sweep else ""))
+                 f"samplers: {samplers}" + (f", n sweep {list(ev.n_sweep)}" if ev.n_sweep else "")
+                 + (f", {ev.draws['count']} independent draws at n={ev.draws['n']}" if ev.draws else ""))
+    from .calibration import design_lines
+
+    lines += design_lines(study)
     if not measure:
         return "\n".join(lines)
     groups: dict[tuple, list[RunSpec]] = {}

@@ -1,5 +1,10 @@
 """Read a study's output folder: the ledger, each run's stats.jsonl and metrics.jsonl, into curves and
-records for statistics and reports."""
+records for statistics and reports.
+
+metrics.jsonl entries at the study's evaluation seed make the curves (at the study's n) and the n
+sweep (every n, final snapshot); entries of the independent draws (evaluation.draws: n samples
+from per-sample seed draws.seed + j * n, j < count) are kept apart and ride on the records of
+their (metric, setting) as "draws"; any other seed is ignored."""
 
 from __future__ import annotations
 
@@ -41,6 +46,9 @@ class RunResult:
     curves: dict[tuple[str, str], list[tuple[float, float]]] = field(default_factory=dict)  # (metric, eval) -> [(kimg, value)]
     sweeps: dict[tuple[str, str], dict[int, float]] = field(default_factory=dict)           # (metric, eval) -> {n: value} at final kimg
     guidance: dict[str, str] = field(default_factory=dict)                                   # eval label -> guidance
+    sampling: dict[str, str] = field(default_factory=dict)                                   # eval label -> label without guidance
+    draws: dict[tuple[str, str], dict] = field(default_factory=dict)                         # (metric, eval) -> {n, kimg, seeds, values}
+    higher_is_better: dict[str, bool] = field(default_factory=dict)                          # metric -> its entries' direction
 
     @property
     def id(self) -> str:
@@ -79,10 +87,15 @@ class StudyResults:
                 labels = {**r.labels, EVAL_KEY: ev}
                 if self.guided:
                     labels["guidance"] = r.guidance.get(ev, "none")
-                recs.append({"run": r.id, "labels": labels, "metric": metric, "final": vs[-1],
-                             "final_kimg": ks[-1], "converged_kimg": conv.kimg if conv else None,
-                             "plateau": conv.plateau if conv else vs[-1], "settled": conv.settled if conv else False,
-                             "budget_kimg": self.budget_kimg or r.row.config.get("train", {}).get("kimg")})
+                    labels["sampling"] = r.sampling.get(ev, ev)
+                rec = {"run": r.id, "labels": labels, "metric": metric, "final": vs[-1],
+                       "final_kimg": ks[-1], "converged_kimg": conv.kimg if conv else None,
+                       "plateau": conv.plateau if conv else vs[-1], "settled": conv.settled if conv else False,
+                       "budget_kimg": self.budget_kimg or r.row.config.get("train", {}).get("kimg"),
+                       "higher_is_better": r.higher_is_better.get(metric)}
+                if (metric, ev) in r.draws:
+                    rec["draws"] = r.draws[(metric, ev)]
+                recs.append(rec)
         return recs
 
     def sweeps(self) -> list[dict]:
@@ -95,6 +108,14 @@ class StudyResults:
                     by_ev[ev][metric] = d
             out.extend(by_ev.values())
         return out
+
+
+def _is_draw(entry: dict, seed: int, plan: dict | None) -> bool:
+    """Whether a metrics.jsonl entry is one of the study's independent draws (evaluation.draws)."""
+    if not plan or entry.get("n") != plan.get("n"):
+        return False
+    j, rest = divmod(seed - int(plan["seed"]), int(plan["n"]))
+    return rest == 0 and 0 <= j < int(plan["count"])
 
 
 def load_results(out: str | Path, n: int | None = None) -> StudyResults:
@@ -114,6 +135,8 @@ def load_results(out: str | Path, n: int | None = None) -> StudyResults:
         keep = set(ids)
         rows = [r for r in rows if r.id in keep]
     n = n or ev.get("n")
+    ev_seed = int(ev.get("seed") or 0)
+    draws_plan = ev.get("draws") or None
     runs = []
     metrics: list[str] = list(ev.get("metrics") or [])
     for row in rows:
@@ -127,11 +150,13 @@ def load_results(out: str | Path, n: int | None = None) -> StudyResults:
         counts: dict[int, int] = defaultdict(int)
         for rr in runs:
             for e in rr.entries:
-                counts[e.get("n")] += 1
+                if int(e.get("seed") or 0) == ev_seed:
+                    counts[e.get("n")] += 1
         n = max(counts, key=counts.get) if counts else None
     for rr in runs:
         curves: dict[tuple[str, str], dict[float, float]] = defaultdict(dict)
         by_n: dict[tuple[str, str], dict[float, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+        draws: dict[tuple[str, str], dict[float, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
         for e in rr.entries:
             try:
                 kimg, value, metric = float(e["kimg"]), float(e["value"]), str(e["metric"])
@@ -140,6 +165,14 @@ def load_results(out: str | Path, n: int | None = None) -> StudyResults:
             key = (metric, eval_label(e))
             if e.get("guidance") not in (None, "none"):
                 rr.guidance[key[1]] = str(e["guidance"])
+                rr.sampling[key[1]] = eval_label({**e, "guidance": None})
+            if e.get("higher_is_better") is not None:
+                rr.higher_is_better[metric] = bool(e["higher_is_better"])
+            seed = int(e.get("seed") or 0)
+            if seed != ev_seed:
+                if _is_draw(e, seed, draws_plan):
+                    draws[key][kimg][seed] = value
+                continue
             if e.get("n") == n:
                 curves[key][kimg] = value
             if e.get("n") is not None:
@@ -148,6 +181,11 @@ def load_results(out: str | Path, n: int | None = None) -> StudyResults:
         for key, per_kimg in by_n.items():
             last = max(per_kimg)
             rr.sweeps[key] = dict(sorted(per_kimg[last].items()))
+        for key, per_kimg in draws.items():
+            last = max(per_kimg)
+            seeds = sorted(per_kimg[last])
+            rr.draws[key] = {"n": int(draws_plan["n"]), "kimg": last, "seeds": seeds,
+                             "values": [per_kimg[last][s] for s in seeds]}
     axes: list[str] = []
     for r in rows:
         for k in r.labels:

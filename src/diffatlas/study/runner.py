@@ -57,7 +57,7 @@ WorkFn = Callable[[Task], None]
 def train_and_evaluate(task: Task) -> None:
     """The real per-run work: train (resumes from the latest snapshot), then evaluate every
     snapshot with every sampler setting (skips entries already in metrics.jsonl), then the
-    sample-count sweep on the final snapshot."""
+    sample-count sweep and the independent draws (evaluation.draws) on the final snapshot."""
     from ..evaluate import evaluate_run
     from ..train import train
 
@@ -80,6 +80,13 @@ def train_and_evaluate(task: Task) -> None:
         task.log(f"evaluate {task.id}: n={n} (sample-count sweep, final snapshot)")
         evaluate_run(task.run_dir, metrics=tuple(ev.metrics), n=n, snapshots="latest", sampler=first.get("sampler"),
                      steps=first.get("steps"), extractor=ev.extractor, seed=ev.seed, progress=False)
+    draws = ev.draws or {}
+    for j in range(draws.get("count", 0)):  # independent draws: disjoint per-sample seed ranges
+        start = draws["seed"] + j * draws["n"]
+        task.log(f"evaluate {task.id}: draw {j + 1}/{draws['count']}, n={draws['n']}, seeds {start}.. (final snapshot)")
+        extra = {"guidance": first["guidance"]} if "guidance" in first else {}
+        evaluate_run(task.run_dir, metrics=tuple(ev.metrics), n=draws["n"], snapshots="latest", sampler=first.get("sampler"),
+                     steps=first.get("steps"), extractor=ev.extractor, seed=start, progress=False, **extra)
 
 
 def train_under_torchrun(task: Task) -> None:

@@ -18,6 +18,7 @@ A study file (YAML) reads
       every_kimg: 50            # sets train.snapshot_kimg: every snapshot is evaluated
       samplers: [{sampler: heun, steps: 18}, {sampler: ddim, steps: 50}]
       n_sweep: [250, 500, 1000] # extra evaluations of the final snapshot at these sample counts
+      draws: {n: 500, count: 4} # independent evaluations of the final snapshot on disjoint seed ranges
     max_attempts: 2
     executor: {name: slurm, gpus_per_run: 1, slurm: {partition: gpu}}   # where runs execute (study.executors)
 
@@ -54,7 +55,7 @@ STUDY_KEYS = ("name", "description", "base", "base_file", "axes", "seeds", "budg
               "executor", "models")
 # What an evaluation-only study (models) cannot have: it trains nothing.
 TRAINING_KEYS = ("base", "base_file", "axes", "seeds", "budget_kimg")
-EVAL_KEYS = ("metrics", "n", "every_kimg", "samplers", "n_sweep", "extractor", "seed")
+EVAL_KEYS = ("metrics", "n", "every_kimg", "samplers", "n_sweep", "extractor", "seed", "draws")
 # Keys the study sets itself; an axis over them would fight with `seeds`, `budget_kimg`, `every_kimg`.
 RESERVED = {"train.seed": "seeds", "train.kimg": "budget_kimg"}
 # Sections whose extra keys are keyword arguments of a registry object (checked by config.resolve).
@@ -65,7 +66,10 @@ _OPTION_SECTIONS = {name for name, cls in C._SECTION_CLASSES.items() if "options
 class Evaluation:
     """How each run is evaluated. `samplers` is a list of {sampler, steps, guidance} settings (an
     empty mapping = the run's own sampler, unguided; guidance e.g. "classifier:2" is passed to
-    evaluate_run); every snapshot is evaluated with every setting."""
+    evaluate_run); every snapshot is evaluated with every setting. `draws` ({n, count, seed}, or None)
+    evaluates the final snapshot `count` more times with the first setting, at n samples each, draw j
+    on the per-sample seeds seed + j*n ... seed + (j+1)*n - 1 (disjoint from each other and, by
+    default, from the seeds of every other evaluation): the IS-vs-FID stability claim's data."""
 
     metrics: tuple[str, ...] = ("fid", "is")
     n: int = 1000
@@ -74,6 +78,7 @@ class Evaluation:
     n_sweep: tuple[int, ...] = ()
     extractor: str = "classifier"
     seed: int = 0
+    draws: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -391,7 +396,22 @@ def _parse_evaluation(d: Any) -> Evaluation:
     _registry_name(EXTRACTORS, extractor, "evaluation.extractor")
     seed = int(validate.number(d.get("seed", ev.seed), "evaluation.seed", SEED))
     validate.seeds(seed, max([n, *sweep]), "evaluation.seed")
-    return Evaluation(tuple(metrics), n, every, settings, tuple(sorted(set(sweep))), extractor, seed)
+    return Evaluation(tuple(metrics), n, every, settings, tuple(sorted(set(sweep))), extractor, seed,
+                      _parse_draws(d.get("draws"), seed, max([n, *sweep])))
+
+
+def _parse_draws(d: Any, eval_seed: int, largest_n: int) -> dict | None:
+    """evaluation.draws: {n, count[, seed]}; the seed defaults to the first per-sample seed after
+    every other evaluation's (eval seed + the largest n), and is stored resolved."""
+    if d is None:
+        return None
+    if not isinstance(d, dict) or set(d) - {"n", "count", "seed"} or not {"n", "count"} <= set(d):
+        raise UserError(f"evaluation.draws must be a mapping {{n: samples, count: draws[, seed: first seed]}}, got {d!r}")
+    n = int(validate.number(d["n"], "evaluation.draws.n", Range(2, COUNT_MAX, integer=True)))
+    count = int(validate.number(d["count"], "evaluation.draws.count", Range(2, 1000, integer=True)))
+    seed = int(validate.number(d.get("seed", eval_seed + largest_n), "evaluation.draws.seed", SEED))
+    validate.seeds(seed, n * count, "evaluation.draws.seed")
+    return {"n": n, "count": count, "seed": seed}
 
 
 def _parse_models(d: dict, base_dir: Path | None) -> tuple[tuple[str, str], ...]:
