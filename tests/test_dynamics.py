@@ -319,7 +319,7 @@ def test_grids_decrease_from_t_max_to_t_min(name, grid):
             make_grid(grid, dyn, 10)
         return
     for steps in (2, 7, 10, 50):
-        if grid == "discrete" and steps > dyn.steps:
+        if dyn.steps is not None and steps > dyn.steps:  # no grid has more points than the process has steps
             with pytest.raises(ValueError):
                 make_grid(grid, dyn, steps)
             continue
@@ -327,6 +327,8 @@ def test_grids_decrease_from_t_max_to_t_min(name, grid):
         assert t.dtype == F64 and t.shape == (steps,)
         assert float(t[0]) == pytest.approx(dyn.t_max, rel=1e-12) and float(t[-1]) == pytest.approx(dyn.t_min, abs=1e-12)
         assert bool((torch.diff(t) < 0).all()), (name, grid, steps, t)
+        if dyn.steps is not None:  # every grid of a discrete process lies on its own steps
+            assert bool(torch.isin(t, dyn.discrete_times()).all()), (name, grid, steps)
     t1 = make_grid(grid, dyn, 1)
     assert t1.shape == (1,) and float(t1[0]) == pytest.approx(dyn.t_max)
     with pytest.raises(ValueError):
@@ -339,14 +341,41 @@ def test_grids_decrease_from_t_max_to_t_min(name, grid):
 @pytest.mark.parametrize("name", NAMES)
 def test_karras_and_logsnr_grids_follow_their_laws(name):
     dyn = build(name)
-    t = make_grid("karras", dyn, 12)
+    t = GRIDS.get("karras")(dyn, 12)  # the law itself (make_grid moves it onto a discrete process's steps)
     s = dyn.sigma_hat(t[1:-1])
     ends = dyn.sigma_hat(torch.tensor([dyn.t_max, dyn.t_min], dtype=F64)).clamp(max=1e4)
     ref = sigma_karras(12, float(ends[1]), float(ends[0]))[1:-1]
     torch.testing.assert_close(s, ref, rtol=1e-6, atol=0)
-    t = make_grid("logsnr", dyn, 12)
+    t = GRIDS.get("logsnr")(dyn, 12)
     lam = dyn.log_snr(t[1:-1])
     torch.testing.assert_close(torch.diff(lam), torch.full_like(lam[1:], float(lam[1] - lam[0])), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ncsn"])
+def test_snap_to_steps_keeps_the_count_and_the_ends(name):
+    """Every grid of a discrete process is moved onto distinct steps of nearest log-SNR, keeping its
+    number of points and both ends; a grid of T points is all T steps."""
+    from diffatlas.schedules import snap_to_steps
+
+    dyn = build(name)
+    own = dyn.discrete_times()
+    T = dyn.steps
+    for n in (1, 2, 3, T // 2, T):
+        for grid in ("logsnr", "karras", "uniform"):
+            raw = GRIDS.get(grid)(dyn, n)
+            t = snap_to_steps(dyn, raw)
+            assert t.shape == (n,) and bool(torch.isin(t, own).all()) and bool((torch.diff(t) < 0).all())
+            assert float(t[0]) == pytest.approx(dyn.t_max)
+            if n > 1:
+                assert float(t[-1]) == pytest.approx(dyn.t_min)
+    torch.testing.assert_close(make_grid("logsnr", dyn, T), own.flip(0))
+    # where the grid is coarse, each point takes the step of nearest log-SNR
+    raw = GRIDS.get("logsnr")(dyn, 5)
+    t = snap_to_steps(dyn, raw)
+    nearest = own[(dyn.log_snr(raw)[:, None] - dyn.log_snr(own)[None, :]).abs().argmin(1)]
+    torch.testing.assert_close(t, nearest)
+    with pytest.raises(ValueError, match="discrete steps"):
+        snap_to_steps(dyn, GRIDS.get("logsnr")(dyn, T + 1))
 
 
 # ---- the log-SNR plot ----------------------------------------------------------------------------------

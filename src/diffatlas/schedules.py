@@ -101,7 +101,7 @@ def grid_karras(dynamics, steps: int, rho: float = 7.0) -> Tensor:
     return t
 
 
-@GRIDS.register("logsnr", "uniform in log-SNR (as DPM-Solver uses)")
+@GRIDS.register("logsnr", "uniform in log-SNR over the process's range (as DPM-Solver uses)")
 def grid_logsnr(dynamics, steps: int) -> Tensor:
     _check_steps(steps)
     t_ends = torch.tensor([dynamics.t_max, dynamics.t_min], dtype=torch.float64)
@@ -125,5 +125,32 @@ def grid_discrete(dynamics, steps: int) -> Tensor:
     return times[idx]
 
 
+def snap_to_steps(dynamics, t: Tensor) -> Tensor:
+    """A grid moved onto a discrete process's own steps, keeping its number of points.
+
+    A network of a discrete process was trained at its T steps only, so every grid (log-SNR, Karras,
+    uniform, ...) is mapped to the steps of nearest log-SNR: point k (counted from the data end) takes
+    step index max(nearest_k, index_{k-1} + 1), capped so that the points after it still fit. The
+    result has as many distinct steps as the grid, in order, from t_T = t_max to t_1 = t_min; a grid of
+    T points is all T steps. Needs len(t) <= T (ValueError otherwise)."""
+    times = dynamics.discrete_times()                      # increasing, t_1 .. t_T
+    T, n = len(times), len(t)
+    if n > T:
+        raise ValueError(f"asked for {n} steps of a process with only {T} discrete steps")
+    lam_steps = dynamics.log_snr(times)
+    target = dynamics.log_snr(t.to(torch.float64)).flip(0)   # from the data end (largest log-SNR) upwards
+    nearest = (target[:, None] - lam_steps[None, :]).abs().argmin(dim=1).tolist()
+    idx: list[int] = []
+    for k, j in enumerate(nearest):
+        lo = idx[-1] + 1 if idx else 0
+        idx.append(min(max(j, lo), T - n + k))
+    return times[torch.tensor(idx[::-1], dtype=torch.long)]
+
+
 def make_grid(name: str, dynamics, steps: int) -> Tensor:
-    return GRIDS.get(name)(dynamics, steps)
+    """The grid `name` with `steps` points; on a discrete process every grid lies on the process's own
+    steps (:func:`snap_to_steps`)."""
+    t = GRIDS.get(name)(dynamics, steps)
+    if getattr(dynamics, "steps", None) is not None and name != "discrete":
+        t = snap_to_steps(dynamics, t)
+    return t
