@@ -3,7 +3,8 @@
     fn(denoiser, x, ts, *, generator=None, cond=None, denoise_final=True, **options) -> SampleResult(x, nfe)
 
 Registered in SAMPLERS: ancestral, ddim, langevin, euler-maruyama, reverse-diffusion, pc, euler, heun,
-rk45, edm, dpm-solver++. `sample(...)` is the one-call API; `from_x0_fn` / `from_eps_model` wrap
+rk45, edm, dpm-solver++. `sample(...)` is the one-call API; `plan_sampling` resolves defaults and NFE budgets for every caller;
+`clip` holds x0 clipping, a sampling-time option of the denoiser; `from_x0_fn` / `from_eps_model` wrap
 denoisers trained elsewhere; `oracle` holds the distances used to check samplers against exact data.
 """
 
@@ -17,6 +18,8 @@ from .stochastic import ancestral, ddim, euler_maruyama, langevin, pc, reverse_d
 from .ode import dpm_solver_pp, edm, euler, heun, rk45
 from .external import EpsModelDenoiser, TabulatedDDPM, X0FnDenoiser, from_eps_model, from_x0_fn
 from .api import prior_from_seeds, sample
+from .clip import CLIP_MODES, ClippedDenoiser, clip_denoiser, parse_clip, resolve_clip
+from .plan import DEFAULT_CONTINUOUS_STEPS, Plan, auto_sampler, plan_sampling
 
 
 def get_sampler(name: str):
@@ -27,4 +30,6 @@ def get_sampler(name: str):
 __all__ = ["SAMPLERS", "SampleResult", "GridCoefficients", "check_grid", "default_grid", "register_sampler",
            "steps_for_nfe", "get_sampler", "ancestral", "ddim", "euler_maruyama", "langevin", "pc",
            "reverse_diffusion", "dpm_solver_pp", "edm", "euler", "heun", "rk45", "from_eps_model", "from_x0_fn",
-           "EpsModelDenoiser", "TabulatedDDPM", "X0FnDenoiser", "prior_from_seeds", "sample"]
+           "EpsModelDenoiser", "TabulatedDDPM", "X0FnDenoiser", "prior_from_seeds", "sample", "CLIP_MODES",
+           "ClippedDenoiser", "clip_denoiser", "parse_clip", "resolve_clip", "DEFAULT_CONTINUOUS_STEPS", "Plan",
+           "auto_sampler", "plan_sampling"]

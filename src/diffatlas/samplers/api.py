@@ -9,9 +9,9 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from ..registry import UnknownNameError
-from ..schedules import make_grid
-from .base import SAMPLERS, SampleResult, default_grid
+from .base import SAMPLERS, SampleResult
+from .clip import clip_denoiser, resolve_clip
+from .plan import auto_sampler, plan_sampling
 
 
 def prior_from_seeds(dynamics: Any, shape: Sequence[int], seeds: Sequence[int], dtype: torch.dtype = torch.float32,
@@ -25,8 +25,9 @@ def prior_from_seeds(dynamics: Any, shape: Sequence[int], seeds: Sequence[int], 
     return torch.cat(rows).to(dtype=dtype, device=device)
 
 
-def sample(denoiser: Any, shape: Sequence[int], *, sampler: str = "heun", steps: int = 18,
-           grid: str | Tensor | None = None, seed: int = 0, seeds: Sequence[int] | None = None,
+def sample(denoiser: Any, shape: Sequence[int], *, sampler: str = "heun", steps: int | None = None,
+           nfe: int | None = None, grid: str | Tensor | None = None, clip: str = "auto", seed: int = 0,
+           seeds: Sequence[int] | None = None,
            cond: Tensor | None = None, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
            denoise_final: bool = True, **options: Any) -> SampleResult:
     """Draw samples from a denoiser in one call.
@@ -35,12 +36,16 @@ def sample(denoiser: Any, shape: Sequence[int], *, sampler: str = "heun", steps:
         denoiser: D(x, t, cond) -> x0 with `.dynamics` (a Denoiser, an ExactDenoiser, or a wrapper
             from `from_x0_fn` / `from_eps_model`).
         shape: (N, *sample_shape).
-        sampler: a SAMPLERS name; steps: grid points (see each sampler for its NFE).
-        grid: a GRIDS name, an explicit decreasing time tensor, or None for `default_grid(dynamics, steps, sampler)`.
+        sampler: a SAMPLERS name ("auto": the process's own, see samplers.plan).
+        steps: grid points (see each sampler for its NFE); or nfe: a budget of denoiser evaluations,
+            spent by the sampler's own plan; neither: the default (samplers.plan.plan_sampling).
+        grid: a GRIDS name, an explicit decreasing time tensor, or None for the default ("logsnr").
+        clip: x0 clipping, "auto" (static for (C, H, W) images), "none", "static", "dynamic:P" (samplers.clip).
         seed, seeds: sample i starts from the prior drawn with seeds[i] (default seed + i), so two
             samplers given the same seeds start from identical noise; the samplers' own noise comes from
             a generator seeded by a checksum of all seeds.
-        cond: (N,) labels or None. options: the sampler's options (eta, S_churn, ...).
+        cond: (N,) labels or None. options: the sampler's options (eta, S_churn, ...); a budget's plan
+            may set some (pc's corrector_steps, langevin's n_steps_each) unless given here.
     Returns:
         SampleResult(x (N, *sample_shape), nfe).
     """
@@ -49,17 +54,16 @@ def sample(denoiser: Any, shape: Sequence[int], *, sampler: str = "heun", steps:
     if len(shape) < 1 or shape[0] < 1:
         raise UserError(f"shape must be (N, ...) with N >= 1, got {shape}")
     seeds = list(range(int(seed), int(seed) + shape[0])) if seeds is None else [int(s) for s in seeds]
-    fn = SAMPLERS.get(sampler)
     if isinstance(grid, Tensor):
         ts = grid
+        sampler = auto_sampler(dynamics) if sampler == "auto" else sampler
+        if nfe:
+            raise UserError("an explicit time grid fixes the steps: give no NFE budget with it")
     else:
-        name = grid if grid is not None else default_grid(dynamics, steps, sampler)
-        try:
-            ts = make_grid(name, dynamics, int(steps))
-        except UnknownNameError:
-            raise
-        except ValueError as e:  # e.g. the discrete grid of a continuous process, or too many steps
-            raise UserError(f"grid {name!r} with {steps} steps: {e}") from None
+        plan = plan_sampling(dynamics, sampler, steps=steps, grid=grid, options=options, nfe=nfe)
+        sampler, ts, options = plan.sampler, plan.times(dynamics), plan.options
+    fn = SAMPLERS.get(sampler)
+    denoiser = clip_denoiser(denoiser, resolve_clip(clip, shape[1:]))
     x = prior_from_seeds(dynamics, shape, seeds, dtype=dtype, device=device)
     gen = torch.Generator(device=device).manual_seed(zlib.crc32(repr(seeds).encode()))
     return fn(denoiser, x, ts, generator=gen, cond=cond, denoise_final=denoise_final, **options)

@@ -39,37 +39,54 @@ class SampleResult:
 SAMPLERS: Registry = Registry("sampler")
 
 Sampler = Callable[..., SampleResult]
-# steps_for_nfe(nfe, options) -> (grid points, options): how a sampler spends an NFE budget.
-StepPlan = Callable[[int, dict], tuple[int, dict]]
+# steps_for_nfe(nfe, options, max_steps) -> (grid points, options): how a sampler spends an NFE budget
+# on at most max_steps grid points (a discrete process's step count; None: no limit).
+StepPlan = Callable[[int, dict, "int | None"], tuple[int, dict]]
+# resolve(dynamics, ts, options) -> options: the defaults the sampler would pick on this grid, made
+# explicit so that a saved config or result record states them (no change in behaviour).
+Resolve = Callable[[Dynamics, Tensor, dict], dict]
+
+# Every sampler's default grid, on every process: uniform in log-SNR (as DPM-Solver uses; for VE and
+# NCSN these are the geometric noise levels of Song & Ermon 2019), on a discrete process moved onto its
+# own steps (schedules.snap_to_steps). One rule for all processes, so that no process starts a
+# comparison behind because of its grid.
+DEFAULT_GRID = "logsnr"
 
 
 def register_sampler(name: str, description: str, steps_for_nfe: StepPlan,
-                     grid: str | None = None) -> Callable[[Sampler], Sampler]:
-    """Register a sampler; attach its NFE plan as `fn.steps_for_nfe` and its preferred grid (or None) as `fn.grid`."""
+                     grid: str | None = None, resolve: Resolve | None = None) -> Callable[[Sampler], Sampler]:
+    """Register a sampler; attach its NFE plan as `fn.steps_for_nfe`, its preferred grid (or None for
+    DEFAULT_GRID) as `fn.grid` and its option resolver (or None) as `fn.resolve`."""
     def add(fn: Sampler) -> Sampler:
         fn.steps_for_nfe = steps_for_nfe  # type: ignore[attr-defined]
         fn.grid = grid  # type: ignore[attr-defined]
+        fn.resolve = resolve  # type: ignore[attr-defined]
         fn.sampler_name = name  # type: ignore[attr-defined]
         return SAMPLERS.register(name, description)(fn)
     return add
 
 
-def one_nfe_per_step(nfe: int, options: dict) -> tuple[int, dict]:
+def _cap(steps: int, max_steps: int | None) -> int:
+    return steps if max_steps is None else min(steps, int(max_steps))
+
+
+def one_nfe_per_step(nfe: int, options: dict, max_steps: int | None = None) -> tuple[int, dict]:
     """First-order samplers: a grid of `steps` points costs steps - 1 steps + 1 final denoise = steps NFE."""
-    return max(1, int(nfe)), dict(options)
+    return _cap(max(1, int(nfe)), max_steps), dict(options)
 
 
-def two_nfe_per_step(nfe: int, options: dict) -> tuple[int, dict]:
+def two_nfe_per_step(nfe: int, options: dict, max_steps: int | None = None) -> tuple[int, dict]:
     """Heun-type samplers: steps - 1 steps of 2 NFE + 1 final denoise = 2 steps - 1 NFE."""
-    return max(1, (int(nfe) + 1) // 2), dict(options)
+    return _cap(max(1, (int(nfe) + 1) // 2), max_steps), dict(options)
 
 
-def steps_for_nfe(sampler: str, nfe: int, **options: Any) -> tuple[int, dict]:
+def steps_for_nfe(sampler: str, nfe: int, max_steps: int | None = None, **options: Any) -> tuple[int, dict]:
     """Grid size and options with which `sampler` uses at most `nfe` evaluations (with the final
-    denoise). rk45 is adaptive: its tolerance is set from the budget and the NFE it reports is what it used."""
+    denoise) on at most `max_steps` grid points. rk45 is adaptive: its tolerance is set from the
+    budget and the NFE it reports is what it used."""
     if int(nfe) < 1:
         raise UserError(f"an NFE budget must be >= 1, got {nfe}")
-    return SAMPLERS.get(sampler).steps_for_nfe(int(nfe), options)
+    return SAMPLERS.get(sampler).steps_for_nfe(int(nfe), options, max_steps)
 
 
 def reject_unknown(name: str, unknown: dict, accepted: str) -> None:
@@ -102,18 +119,17 @@ def check_grid(dynamics: Dynamics, ts: Tensor | Any) -> Tensor:
     return t
 
 
-def default_grid(dynamics: Dynamics, steps: int | None = None, sampler: str | None = None) -> str:
-    """The grid a sampler uses when none is named. A sampler registered with a preferred grid gets it
-    (langevin: "logsnr", the geometric noise levels of Song & Ermon 2019, which for NCSN are exactly its
-    own levels). Otherwise a discrete process's own steps ("discrete", respaced; only while `steps`
-    does not exceed the process's step count), else "karras" (Karras et al. 2022, eq. 5, mapped to the
-    process's time through sigma_hat), which suits every continuous process (Karras et al. 2022,
-    sec. 3 use it for VP, VE and EDM alike)."""
+def default_grid(dynamics: Dynamics | None = None, sampler: str | None = None) -> str:
+    """The grid a sampler uses when none is named: its registered preference, else DEFAULT_GRID
+    ("logsnr") for every process."""
     if sampler is not None and SAMPLERS.get(sampler).grid is not None:
         return SAMPLERS.get(sampler).grid
-    if dynamics.steps is not None and (steps is None or steps <= dynamics.steps):
-        return "discrete"
-    return "karras"
+    return DEFAULT_GRID
+
+
+def variance_exploding(alpha: list[float]) -> bool:
+    """True where alpha = 1 on the whole grid (VE, NCSN, EDM): x itself is the scaled frame."""
+    return all(a == 1.0 for a in alpha)
 
 
 @dataclass

@@ -4,7 +4,7 @@ For a 2-D Gaussian mixture (`standard_mixture(2)`) and a 64-D Gaussian, the idea
 E[x0 | x_t] is known in closed form (`diffatlas.data.toy.ExactDenoiser`), so what remains between
 the samples and the data is the sampler's own error (and, with --start prior, the prior's mismatch,
 e.g. NCSN's sigma_max = 1). Each pair runs at each NFE budget (mapped to grid steps per sampler by
-`steps_for_nfe`); sliced W2 and RBF-MMD to a large true sample are printed and plotted with the noise
+`plan_sampling`); sliced W2 and RBF-MMD to a large true sample are printed and plotted with the noise
 floor (the distance of an independent true sample of the same size).
 """
 
@@ -75,8 +75,8 @@ def _task(prob: str, dn: str, smp_names: list[str], budgets: list[int], n: int, 
     """One problem x dynamics: every sampler at every budget. Returns (rows, printed table lines)."""
     from ..data.toy import ExactDenoiser
     from ..dynamics import build_dynamics
-    from ..schedules import make_grid
-    from . import SAMPLERS, default_grid, steps_for_nfe
+    from . import SAMPLERS
+    from .plan import plan_sampling
     from .oracle import median_bandwidth, mmd_rbf, random_directions, sliced_wasserstein
 
     torch.set_num_threads(1)  # tiny tensors: one thread avoids synchronisation overhead
@@ -98,13 +98,13 @@ def _task(prob: str, dn: str, smp_names: list[str], budgets: list[int], n: int, 
     for sn in smp_names:
         cells = []
         for b in budgets:
-            steps, opts = steps_for_nfe(sn, b)
-            grid = default_grid(dyn, steps, sn)
-            row = {"problem": prob, "dynamics": dn, "sampler": sn, "budget": b, "steps": steps, "grid": grid,
+            row = {"problem": prob, "dynamics": dn, "sampler": sn, "budget": b,
                    "floor_sw": floor["sw"], "floor_mmd": floor["mmd"]}
             try:
-                ts = make_grid(grid, dyn, steps)
-                res = SAMPLERS.get(sn)(den, x, ts, generator=torch.Generator().manual_seed(seed + 2), **opts)
+                plan = plan_sampling(dyn, sn, nfe=b)
+                row.update(steps=plan.steps, grid=plan.grid, options=plan.options)
+                res = SAMPLERS.get(sn)(den, x, plan.times(dyn), generator=torch.Generator().manual_seed(seed + 2),
+                                       **plan.options)
             except UserError as e:
                 row.update(nfe=None, sw=None, mmd=None, refused=str(e))
                 rows.append(row)
