@@ -296,7 +296,8 @@ def test_guidance_sweep_writes_table_and_plot(tmp_path: Path) -> None:
     # scale 0 is exactly the unguided sampler on the same seeds
     from diffatlas.sampling import generate, load_run
     lr = load_run(run)
-    x0, _ = generate(lr.denoiser, lr.shape, list(range(20)), sampler="euler", grid="karras", steps=4)
+    x0, _ = generate(lr.denoiser, lr.shape, list(range(20)), sampler="euler", grid=rows[0]["grid"], steps=4,
+                     options={"frame": "time"}, clip="static")  # the run's default grid and x0 clipping
     ext_pred = ext.logits(x0).argmax(1)
     labels = torch.arange(10).repeat_interleave(2)
     assert abs(float((ext_pred == labels).double().mean()) - rows[0]["class_accuracy"]) < 1e-12

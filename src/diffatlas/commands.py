@@ -30,8 +30,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=arg(SEED), default=0, help="first per-sample seed (sample i uses seed + i)")
     p.add_argument("--sampler", help="sampler name (diffatlas list samplers)")
     p.add_argument("--steps", type=arg(STEPS), help="number of grid steps")
+    p.add_argument("--nfe", type=arg(STEPS), help="NFE budget (denoiser evaluations) instead of --steps; the sampler's own plan spends it")
     p.add_argument("--grid", help="time grid (diffatlas list grids)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="sampler option, e.g. eta=0.5")
+    p.add_argument("--clip", help="x0 clipping: auto (static for images), none, static, dynamic or dynamic:P (default: the run's sample.clip)")
     p.add_argument("--snapshot", default="last", help="kimg of the snapshot, or last")
     p.add_argument("--raw", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--class", dest="klass", type=arg(Range(0, validate.COUNT_MAX, integer=True)),
@@ -120,6 +122,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     per = 4 * math.prod(shape) * 3  # the samples, the grid image and the .npz copy
     validate.memory(per * args.n, f"--n {args.n} samples of shape {shape}", "cpu", per, "samples")
     options = sampler_options(args.sampler or cfg.sample.sampler, _parse_options(args.option))
+    if args.clip is not None:
+        from .samplers import parse_clip
+        parse_clip(args.clip)
+    if args.steps and args.nfe:
+        raise UserError("give --steps or --nfe (a budget of denoiser evaluations), not both")
     if args.out:
         validate.figure_path(args.out, "--out")
     else:
@@ -130,8 +137,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         from .guidance import guidance_from_args
         run = load_run(args.run, args.snapshot, device=device)
         cond, guidance = guidance_from_args(run, args.klass, args.guidance, args.classifier, args.n, device)
-    res = sample_run(args.run, n=args.n, seed=args.seed, sampler=args.sampler, steps=args.steps, grid=args.grid,
-                     options=options, snapshot=args.snapshot, ema=not args.raw, cond=cond,
+    res = sample_run(args.run, n=args.n, seed=args.seed, sampler=args.sampler, steps=args.steps, nfe=args.nfe,
+                     grid=args.grid, options=options, clip=args.clip, snapshot=args.snapshot, ema=not args.raw, cond=cond,
                      guidance=guidance, device=device)
     name = f"{res['snapshot']}-{res['sampler']}-{res['steps']}-seed{args.seed}"
     if args.guidance:
@@ -147,8 +154,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     tmp.replace(npz)
     meta = {k: v for k, v in res.items() if k != "x"} | {"n": args.n, "guidance": args.guidance, "class": args.klass}
     atomic_write_text(out.with_suffix(".json"), json.dumps(meta, indent=1))
-    print(f"{args.n} samples ({res['sampler']}, {res['steps']} steps on the {res['grid']} grid, NFE {res['nfe']}, "
-          f"snapshot kimg {res['kimg']:g}): {out}  {npz}")
+    budget = f" of a budget of {res['nfe_budget']}" if res["nfe_budget"] else ""
+    print(f"{args.n} samples ({res['sampler']}, {res['steps']} steps on the {res['grid']} grid, NFE {res['nfe']}{budget}, "
+          f"x0 clip {res['clip']}, snapshot kimg {res['kimg']:g}): {out}  {npz}")
     return 0
 
 

@@ -88,8 +88,9 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 @dataclass(frozen=True)
 class SampleConfig:
     sampler: str = "auto"               # auto: the dynamics' own (ancestral for discrete, heun otherwise)
-    steps: int = 0                      # 0: a sensible default for the sampler and dynamics
-    grid: str = "auto"
+    steps: int = 0                      # 0: the process's own T steps (discrete), else 50 (samplers.plan)
+    grid: str = "auto"                  # auto: "logsnr" (on a discrete process, snapped to its steps)
+    clip: str = "auto"                  # x0 clipping: auto (static for images), none, static, dynamic:P
     n: int = 64
     seed: int = 0
     ema: bool = True
@@ -379,8 +380,7 @@ def _resolve_registries(cfg: Config, dyn: Any) -> Config:
     """Names and options of the data, network and sampler axes; these registries live in optional modules."""
     from .data import DATASETS
     from .networks import NETWORKS, PRESETS
-    from .samplers import SAMPLERS
-    from .sampling import default_sampling
+    from .samplers import SAMPLERS, auto_sampler, parse_clip, plan_sampling
     from .schedules import GRIDS
 
     d = cfg.data
@@ -393,13 +393,20 @@ def _resolve_registries(cfg: Config, dyn: Any) -> Config:
                              skip=("in_channels", "resolution", "shape", "num_classes"),
                              fields_too=_own_keys(NetworkConfig))
     s = cfg.sample
-    sampler, grid, steps = default_sampling(dyn, s.sampler, s.grid, s.steps)
-    SAMPLERS.get(sampler)
+    sampler = auto_sampler(dyn) if s.sampler == "auto" else s.sampler
     sample_opts = check_options(SAMPLERS.get(sampler), s.options, "sample", skip=SAMPLER_CALL_ARGS,
                                 fields_too=_own_keys(SampleConfig))
-    GRIDS.get(grid)
+    if s.grid != "auto":
+        GRIDS.get(s.grid)
+    parse_clip(s.clip)
+    try:
+        plan = plan_sampling(dyn, sampler, steps=s.steps, grid=s.grid, options=sample_opts)
+    except UserError as e:
+        raise UserError(f"sample: {e}") from None
+    # The options stay the user's: the plan's resolved ones depend on steps and budget, which a later
+    # request may change; every result records the options it ran with.
     return replace(cfg, data=replace(d, options=data_opts), network=replace(cfg.network, options=net_opts),
-                   sample=replace(s, sampler=sampler, grid=grid, steps=steps, options=sample_opts))
+                   sample=replace(s, sampler=plan.sampler, grid=plan.grid, steps=plan.steps, options=sample_opts))
 
 
 def dump_yaml(cfg: Config) -> str:

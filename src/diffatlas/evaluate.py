@@ -52,16 +52,17 @@ from torch import Tensor
 
 from . import validate
 from .checkpoint import atomic_write_text, list_snapshots, load_meta, read_dataset_info
-from .config import sampler_options
 from .errors import UserError
 from .io import append_jsonl, read_jsonl
-from .sampling import default_sampling, generate, load_run, read_run_config
+from .samplers.clip import resolve_clip
+from .samplers.plan import request_label
+from .sampling import generate, load_run, read_run_config, run_plan
 from .tensorboard_log import log_evaluation
 
 METRICS_FILE = "metrics.jsonl"
 # What identifies an evaluation entry: an entry with the same values is not computed again.
-KEY_FIELDS = ("kimg", "metric", "sampler", "grid", "steps", "options", "guidance", "guidance_classifier",
-              "n", "extractor", "extractor_hash", "seed")
+KEY_FIELDS = ("kimg", "metric", "setting", "sampler", "grid", "steps", "options", "clip", "nfe_budget", "guidance",
+              "guidance_classifier", "n", "extractor", "extractor_hash", "seed")
 # Metric names a requested metric writes ("pr" writes two lines).
 PRODUCES = {"pr": ("precision", "recall")}
 SAMPLE_BATCH = 256  # samples per generate() call; fixed, because stochastic samplers draw noise per chunk
@@ -430,7 +431,7 @@ def _likelihood_data(cfg: Any, m: int) -> tuple[Tensor, Tensor | None, str]:
 
 
 def _sample(denoiser: Any, shape: tuple[int, ...], seeds: list[int], *, sampler: str, grid: str, steps: int,
-            cond: Tensor | None, options: dict[str, Any], device: torch.device, progress: bool | None,
+            cond: Tensor | None, options: dict[str, Any], clip: str, device: torch.device, progress: bool | None,
             log: LogFn, what: str) -> tuple[Tensor, int]:
     """generate() in chunks of SAMPLE_BATCH seeds (identical to one call with batch=SAMPLE_BATCH) with
     progress reports: a tqdm bar (progress=True), log lines (None, when there are several chunks), or nothing."""
@@ -444,7 +445,7 @@ def _sample(denoiser: Any, shape: tuple[int, ...], seeds: list[int], *, sampler:
     for i, chunk in chunks:
         c = cond[i:i + len(chunk)] if cond is not None else None
         x, nfe = generate(denoiser, shape, chunk, sampler=sampler, grid=grid, steps=steps, cond=c, options=options,
-                          batch=SAMPLE_BATCH, device=device)
+                          clip=clip, batch=SAMPLE_BATCH, device=device)
         outs.append(x)
         if bar is not None:
             bar.update(len(chunk))
@@ -495,6 +496,8 @@ def evaluate_run(
     steps: int | None = None,
     grid: str | None = None,
     options: dict[str, Any] | None = None,
+    nfe: int | None = None,
+    clip: str | None = None,
     guidance: str | None = None,
     classifier_dir: str | Path | None = None,
     extractor: str = "classifier",
@@ -528,8 +531,11 @@ def evaluate_run(
             It is skipped, with a note, when the dataset has no labels.
         n: generated samples per snapshot (>= 2).
         snapshots: see :func:`select_snapshots`.
-        sampler, steps, grid, options: as for `diffatlas sample`; default to the run's sample config
-            (sampling.default_sampling); options are merged over the config's sample.options.
+        sampler, steps, grid, options, nfe: as for `diffatlas sample`; default to the run's sample config
+            (sampling.run_plan); options are merged over the config's sample.options; nfe is a budget
+            of denoiser evaluations that the sampler's own plan spends (instead of steps).
+        clip: x0 clipping (samplers.clip); default the run's sample.clip ("auto": static for images).
+            Entries record the resolved mode, the budget ("nfe_budget") and the NFE used ("nfe").
         guidance: "classifier:S" or "cfg:W" (guidance.parse_guidance_spec), or None.
         classifier_dir: noise-aware classifier for classifier guidance, or "untrained[:SEED]"; default
             RUN/noisy-classifier (trained there when absent).
@@ -584,11 +590,10 @@ def evaluate_run(
                     "seed": seed}
         if guidance:
             log("bpd ignores guidance: it is the likelihood of the model itself")
-    s = cfg.sample
-    sampler, grid, steps = default_sampling(dyn, sampler or s.sampler, grid or s.grid, int(steps or s.steps or 0))
-    SAMPLERS.get(sampler)
-    GRIDS.get(grid)
-    opts = sampler_options(sampler, {**dict(s.options), **dict(options or {})})
+    setting = request_label(sampler, steps, nfe, grid, options, clip)
+    plan = run_plan(cfg, dyn, sampler=sampler, steps=steps, grid=grid, options=options, nfe=nfe)
+    sampler, grid, steps, opts = plan.sampler, plan.grid, plan.steps, plan.options
+    clip = resolve_clip(clip or cfg.sample.clip, shape)
     parsed = parse_guidance_spec(guidance)
     guidance_label = f"{parsed[0]}:{parsed[1]:g}" if parsed else None
     dev = _device(device)
@@ -624,8 +629,9 @@ def evaluate_run(
     if parsed is not None and parsed[0] == "classifier":
         gclf, gclf_id = _guidance_classifier(run_dir, cfg, shape, k, chosen[-1][1], classifier_dir, dev, log)
 
-    base = {"sampler": sampler, "grid": grid, "steps": int(steps), "options": _json_clean(opts),
-            "guidance": guidance_label, "guidance_classifier": gclf_id, "n": n, "seed": seed}
+    base = {"setting": setting, "sampler": sampler, "grid": grid, "steps": int(steps), "options": _json_clean(opts),
+            "clip": clip, "nfe_budget": plan.nfe_budget, "guidance": guidance_label, "guidance_classifier": gclf_id,
+            "n": n, "seed": seed}
 
     def key_for(kimg: float, name: str) -> tuple:
         if name in model_metrics:
@@ -653,8 +659,8 @@ def evaluate_run(
         if parsed is not None:
             den = make_guidance(run, parsed[0], parsed[1], classifier=gclf, device=dev)(den)
         x, nfe = _sample(den, run.shape, seeds, sampler=sampler, grid=grid, steps=int(steps),
-                         cond=labels if use_labels else None, options=opts, device=dev, progress=progress,
-                         log=log, what=f"sampling {what}")
+                         cond=labels if use_labels else None, options=opts, clip=clip, device=dev,
+                         progress=progress, log=log, what=f"sampling {what}")
         sample_s = time.perf_counter() - start
         del den
         if not torch.isfinite(x).all():
@@ -842,6 +848,8 @@ def sample_size_run(
     steps: int | None = None,
     grid: str | None = None,
     options: dict[str, Any] | None = None,
+    nfe: int | None = None,
+    clip: str | None = None,
     extractor: str = "classifier",
     extractor_path: str | Path | None = None,
     seed: int = 0,
@@ -884,10 +892,9 @@ def sample_size_run(
     if len(shape) != 3:
         raise UserError(f"image metrics need an image dataset; this run's samples have shape {shape}")
     kimg, snap = select_snapshots(run_dir, snapshot)[-1]
-    s = cfg.sample
-    sampler, grid, steps = default_sampling(make_dynamics(cfg), sampler or s.sampler, grid or s.grid,
-                                            int(steps or s.steps or 0))
-    opts = sampler_options(sampler, {**dict(s.options), **dict(options or {})})
+    plan = run_plan(cfg, make_dynamics(cfg), sampler=sampler, steps=steps, grid=grid, options=options, nfe=nfe)
+    sampler, grid, steps, opts = plan.sampler, plan.grid, plan.steps, plan.options
+    clip = resolve_clip(clip or cfg.sample.clip, shape)
     dev = _device(device)
     validate.seeds(seed, ns[-1], "seed")
     per = 4 * math.prod(shape) * 3
@@ -901,7 +908,7 @@ def sample_size_run(
     run = load_run(run_dir, kimg, device=dev)
     x, nfe = _sample(run.denoiser, run.shape, list(range(int(seed), int(seed) + n_max)), sampler=sampler, grid=grid,
                      steps=int(steps), cond=(torch.arange(n_max) % run.num_classes) if run.num_classes else None,
-                     options=opts, device=dev, progress=progress, log=log, what=f"sampling kimg {kimg:g}")
+                     options=opts, clip=clip, device=dev, progress=progress, log=log, what=f"sampling kimg {kimg:g}")
     del run
     x = torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0).clamp(-1, 1)
     feats, logits = ext.features_and_logits(x)
@@ -923,7 +930,8 @@ def sample_size_run(
     title = f"{run_dir.name} at kimg {kimg:g}: {sampler} x{steps}, {ext.name} features"
     plot_sample_size(rows, png, title=title)
     result = {"run": str(run_dir), "kimg": kimg, "snapshot": snap.name, "sampler": sampler, "grid": grid,
-              "steps": int(steps), "options": _json_clean(opts), "nfe": int(nfe), "seed": int(seed), "ns": ns,
+              "steps": int(steps), "options": _json_clean(opts), "clip": clip, "nfe": int(nfe),
+              "nfe_budget": plan.nfe_budget, "seed": int(seed), "ns": ns,
               "n_boot": int(n_boot), "extractor": ext.name, "extractor_hash": ext.weights_hash,
               "dataset": reference.data_id, "reference_split": reference.split, "n_real": ref.n,
               "rows": rows, "summary": summary, "verdict": verdict}
@@ -939,7 +947,8 @@ def sample_size_markdown(result: dict[str, Any]) -> str:
     def f(v: Any) -> str:
         return "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
 
-    setting = (f"{result['sampler']} x{result['steps']} ({result['grid']} grid), {result['extractor']} features "
+    setting = (f"{result['sampler']} x{result['steps']} ({result['grid']} grid, NFE {result['nfe']}, x0 clip "
+               f"{result.get('clip', 'not recorded')}), {result['extractor']} features "
                f"({result['extractor_hash']}), reference {result['dataset']}/{result['reference_split']} "
                f"({result['n_real']} images), {result['n_boot']} bootstrap resamples.")
     lines = [f"# Sample size: {result['run']} at kimg {result['kimg']:g}", "", setting, "",

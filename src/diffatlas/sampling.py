@@ -1,5 +1,6 @@
-"""Sampling from trained runs: default sampler choices, loading a snapshot's denoiser, per-sample
-seeds so that two samplers start from identical noise, and writing grids."""
+"""Sampling from trained runs: the plan of a request (defaults from the run's config), loading a
+snapshot's denoiser, per-sample seeds so that two samplers start from identical noise, x0 clipping,
+and writing grids."""
 
 from __future__ import annotations
 
@@ -18,23 +19,24 @@ from .dynamics import Dynamics
 from .errors import UserError
 from .registry import UnknownNameError
 from .model import make_denoiser, make_dynamics, make_network
+from .samplers.clip import clip_denoiser, resolve_clip
+from .samplers.plan import Plan, auto_sampler, grid_times, plan_sampling
 
-DEFAULT_CONTINUOUS_STEPS = 50
+def run_plan(cfg: Config, dynamics: Dynamics, *, sampler: str | None = None, steps: int | None = None,
+             grid: str | None = None, options: dict[str, Any] | None = None, nfe: int | None = None) -> Plan:
+    """The sampling plan of a request on a run (samplers.plan.plan_sampling): what the request leaves
+    out comes from the run's sample config; the config's steps apply only when the request names
+    neither steps nor an NFE budget. Options are the config's, overridden by the request's, checked
+    against the sampler before any sampling."""
+    from .config import sampler_options
 
-
-def default_sampling(dynamics: Dynamics, sampler: str = "auto", grid: str = "auto", steps: int = 0) -> tuple[str, str, int]:
-    """Resolve 'auto' choices: a discrete process samples ancestrally on its own steps; a continuous
-    one with Heun's method on the Karras grid (Karras et al. 2022)."""
-    from .samplers import default_grid
-
-    discrete = dynamics.steps is not None
-    if sampler == "auto":
-        sampler = "ancestral" if discrete else "heun"
-    if grid == "auto":
-        grid = default_grid(dynamics, steps if steps > 0 else None, sampler)
-    if steps <= 0:
-        steps = dynamics.steps if (discrete and grid == "discrete") else DEFAULT_CONTINUOUS_STEPS
-    return sampler, grid, steps
+    s = cfg.sample
+    name = sampler or s.sampler
+    name = auto_sampler(dynamics) if name == "auto" else name
+    if not steps and not nfe:
+        steps = s.steps
+    opts = sampler_options(name, {**dict(s.options), **dict(options or {})})
+    return plan_sampling(dynamics, name, steps=steps, grid=grid or s.grid, options=opts, nfe=nfe)
 
 
 @dataclass
@@ -104,20 +106,18 @@ def load_run(run_dir: str | Path, snapshot: str | float | None = None, *, ema: b
 
 
 def generate(denoiser, shape: tuple[int, ...], seeds: list[int], *, sampler: str, grid: str, steps: int,
-             cond: Tensor | None = None, options: dict[str, Any] | None = None, batch: int = 256,
-             device: str | torch.device = "cpu") -> tuple[Tensor, int]:
+             cond: Tensor | None = None, options: dict[str, Any] | None = None, clip: str = "none",
+             batch: int = 256, device: str | torch.device = "cpu") -> tuple[Tensor, int]:
     """Samples (len(seeds), *shape) with per-sample seeds; sample i uses seeds[i] for its prior draw and
-    its sampler noise, so results do not depend on the batch size. Returns (samples, NFE per sample)."""
+    its sampler noise, so results do not depend on the batch size. `clip` (samplers.clip; "auto"
+    resolved by `shape`) acts on the denoiser's x0 estimate. Returns (samples, NFE per sample)."""
     from .samplers import SAMPLERS
     from .samplers.api import prior_from_seeds
-    from .schedules import make_grid
 
     fn = SAMPLERS.get(sampler)
     dyn = denoiser.dynamics
-    try:
-        ts = make_grid(grid, dyn, steps).to(device)
-    except ValueError as e:
-        raise UserError(f"grid {grid!r} with {steps} steps: {e}") from None
+    ts = grid_times(grid, dyn, steps).to(device)
+    den = clip_denoiser(denoiser, resolve_clip(clip, shape))
     outs, nfe = [], 0
     for start in range(0, len(seeds), batch):
         chunk = seeds[start:start + batch]
@@ -125,7 +125,7 @@ def generate(denoiser, shape: tuple[int, ...], seeds: list[int], *, sampler: str
         gen = torch.Generator(device=device).manual_seed(int(chunk[0]) * 1_000_003 + len(chunk))
         c = cond[start:start + batch].to(device) if cond is not None else None
         with torch.no_grad():
-            res = fn(denoiser, x, ts, generator=gen, cond=c, **(options or {}))
+            res = fn(den, x, ts, generator=gen, cond=c, **(options or {}))
         outs.append(res.x.float().cpu())
         nfe = res.nfe
     return torch.cat(outs), nfe
@@ -174,14 +174,16 @@ def save_image_grid(x: Tensor, path: str | Path, nrow: int | None = None) -> Pat
 
 
 def sample_run(run_dir: str | Path, *, n: int = 64, seed: int = 0, sampler: str | None = None, steps: int | None = None,
-               grid: str | None = None, options: dict[str, Any] | None = None, snapshot=None, ema: bool = True,
-               cond: Tensor | None = None, guidance=None, device: str | torch.device = "cpu") -> dict[str, Any]:
+               nfe: int | None = None, grid: str | None = None, options: dict[str, Any] | None = None,
+               clip: str | None = None, snapshot=None, ema: bool = True, cond: Tensor | None = None, guidance=None,
+               device: str | torch.device = "cpu") -> dict[str, Any]:
     """Sample n images from a run with seeds seed, seed+1, ...; returns samples and what produced them."""
     run = load_run(run_dir, snapshot, ema=ema, device=device)
-    s = run.cfg.sample
-    sampler, grid, steps = default_sampling(run.denoiser.dynamics, sampler or s.sampler, grid or s.grid, steps or s.steps)
+    plan = run_plan(run.cfg, run.denoiser.dynamics, sampler=sampler, steps=steps, grid=grid, options=options, nfe=nfe)
+    clip = resolve_clip(clip or run.cfg.sample.clip, run.shape)
     den = run.denoiser if guidance is None else guidance(run.denoiser)
-    x, nfe = generate(den, run.shape, list(range(seed, seed + n)), sampler=sampler, grid=grid, steps=steps,
-                      cond=cond, options={**s.options, **(options or {})}, device=device)
-    return {"x": x, "nfe": nfe, "sampler": sampler, "grid": grid, "steps": steps, "kimg": run.kimg,
+    x, used = generate(den, run.shape, list(range(seed, seed + n)), sampler=plan.sampler, grid=plan.grid,
+                       steps=plan.steps, cond=cond, options=plan.options, clip=clip, device=device)
+    return {"x": x, "nfe": used, "nfe_budget": plan.nfe_budget, "sampler": plan.sampler, "grid": plan.grid,
+            "steps": plan.steps, "options": plan.options, "clip": clip, "kimg": run.kimg,
             "snapshot": run.snapshot.name, "seeds": [seed, seed + n - 1], "ema": ema}

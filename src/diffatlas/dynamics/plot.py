@@ -15,7 +15,6 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..schedules import GRIDS
 from .base import Dynamics
 
 X_AXES = ("t", "fraction")
@@ -35,10 +34,9 @@ def log_snr_curve(dynamics: Dynamics, *, x: str = "t", points: int = 400,
         t = torch.linspace(dynamics.t_min, dynamics.t_max, points, dtype=torch.float64)
         xs = (t - dynamics.t_min) / (dynamics.t_max - dynamics.t_min)
     elif x == "fraction":
-        from ..sampling import default_sampling
+        from ..samplers.plan import plan_sampling
 
-        _, default_grid, default_steps = default_sampling(dynamics, "auto", grid or "auto", steps or 0)
-        t = GRIDS.get(default_grid)(dynamics, default_steps)
+        t = plan_sampling(dynamics, "auto", steps=steps, grid=grid).times(dynamics)
         xs = torch.linspace(0.0, 1.0, len(t), dtype=torch.float64) if len(t) > 1 else torch.zeros(1, dtype=torch.float64)
     else:
         raise UserError(f"unknown x axis {x!r} for a log-SNR plot; choose one of: {', '.join(X_AXES)}")

@@ -115,7 +115,8 @@ def guidance_sweep(run_dir: str | Path, kind: str, scales: Sequence[float], *, n
         extractor: the evaluation classifier: a metrics.ClassifierExtractor (`logits(x)`, `features(x)`) or the
             directory of one (metrics.load_classifier).
         classifier_dir: the noise-aware guidance classifier (kind "classifier"), or "untrained[:SEED]".
-        sampler, steps, grid: default to the run's sample config (sampling.default_sampling).
+        sampler, steps, grid: default to the run's sample config (sampling.run_plan); x0 clipping is the
+            run's sample.clip.
     Returns:
         One record per scale: kind, scale, class_accuracy, class_accuracy_per_class (K,), fid, is,
         fid_per_class, is_per_class, fid_per_class_mean, nfe, seconds, sampler, grid, steps, n_per_class,
@@ -123,7 +124,8 @@ def guidance_sweep(run_dir: str | Path, kind: str, scales: Sequence[float], *, n
     """
     from ..checkpoint import atomic_write_text
     from ..metrics import load_classifier
-    from ..sampling import default_sampling, generate, load_run, save_image_grid
+    from ..samplers.clip import resolve_clip
+    from ..sampling import generate, load_run, run_plan, save_image_grid
     from . import GUIDANCE, dataset_num_classes, make_guidance, parse_guidance_spec
 
     GUIDANCE.get(kind)
@@ -140,8 +142,9 @@ def guidance_sweep(run_dir: str | Path, kind: str, scales: Sequence[float], *, n
         raise UserError("a guidance sweep needs a labelled dataset; this run's dataset has no classes")
     if int(extractor.num_classes) != k:
         raise UserError(f"the evaluation classifier has {extractor.num_classes} classes, the run's dataset {k}")
-    s = run.cfg.sample
-    sampler, grid, steps = default_sampling(run.denoiser.dynamics, sampler or s.sampler, grid or s.grid, steps or s.steps)
+    plan = run_plan(run.cfg, run.denoiser.dynamics, sampler=sampler, steps=steps, grid=grid)
+    sampler, grid, steps = plan.sampler, plan.grid, plan.steps
+    clip = resolve_clip(run.cfg.sample.clip, run.shape)
     real_x, real_y, real_split = _real_images(run.cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -158,7 +161,7 @@ def guidance_sweep(run_dir: str | Path, kind: str, scales: Sequence[float], *, n
         start = time.perf_counter()
         wrap = make_guidance(run, kind, scale, classifier=classifier, device=device)
         x, nfe = generate(wrap(run.denoiser), run.shape, seeds, sampler=sampler, grid=grid, steps=steps, cond=labels,
-                          options=dict(s.options), batch=batch, device=device)
+                          options=plan.options, clip=clip, batch=batch, device=device)
         pred = extractor.logits(x).argmax(1)
         hit = (pred == labels).double()
         per_class_acc = [float(hit[labels == c].mean()) for c in range(k)]
@@ -174,7 +177,8 @@ def guidance_sweep(run_dir: str | Path, kind: str, scales: Sequence[float], *, n
             "kind": kind, "scale": scale, "class_accuracy": float(hit.mean()), "class_accuracy_per_class": per_class_acc,
             "fid": overall["fid"], "is": overall["is"], "fid_per_class": per_fid, "is_per_class": per_is,
             "fid_per_class_mean": sum(per_fid) / k, "nfe": int(nfe), "seconds": round(time.perf_counter() - start, 3),
-            "sampler": sampler, "grid": grid, "steps": int(steps), "n_per_class": int(n_per_class), "seed": int(seed),
+            "sampler": sampler, "grid": grid, "steps": int(steps), "options": plan.options, "clip": clip,
+            "n_per_class": int(n_per_class), "seed": int(seed),
             "kimg": run.kimg, "snapshot": run.snapshot.name, "extractor": extractor.name,
             "weights_hash": extractor.weights_hash, "real_split": real_split,
             "classifier": str(classifier_dir) if kind == "classifier" else None,

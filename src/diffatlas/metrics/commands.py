@@ -47,8 +47,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=arg(Range(2, COUNT_MAX, integer=True)), default=1000, help="generated samples per snapshot")
     p.add_argument("--sampler", help="sampler name (diffatlas list samplers); default: the run's")
     p.add_argument("--steps", type=arg(STEPS), help="number of grid steps")
+    p.add_argument("--nfe", type=arg(STEPS), help="NFE budget (denoiser evaluations) instead of --steps; the sampler's own plan spends it")
     p.add_argument("--grid", help="time grid (diffatlas list grids)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="sampler option, e.g. eta=0.5")
+    p.add_argument("--clip", help="x0 clipping: auto (static for images), none, static, dynamic or dynamic:P (default: the run's sample.clip)")
     p.add_argument("--guidance", help="classifier:SCALE or cfg:W")
     p.add_argument("--classifier", help="noise-aware classifier folder for classifier guidance, or untrained[:SEED] "
                                         "(default RUN/noisy-classifier, trained when absent)")
@@ -78,8 +80,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--snapshot", default="last", help="kimg of the snapshot, or last")
     p.add_argument("--sampler")
     p.add_argument("--steps", type=arg(STEPS))
+    p.add_argument("--nfe", type=arg(STEPS), help="NFE budget (denoiser evaluations) instead of --steps; the sampler's own plan spends it")
     p.add_argument("--grid")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--clip", help="x0 clipping: auto (static for images), none, static, dynamic or dynamic:P (default: the run's sample.clip)")
     p.add_argument("--extractor", default="classifier")
     p.add_argument("--extractor-path")
     p.add_argument("--seed", type=arg(SEED), default=0)
@@ -148,8 +152,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     progress = {"auto": None, "bar": True, "lines": None, "none": False}[args.progress]
     entries = evaluate_run(args.run, metrics=args.metrics, n=args.n, snapshots=args.snapshots, sampler=args.sampler,
-                           steps=args.steps, grid=args.grid, options=_kv(args.option, "--option"),
-                           guidance=args.guidance, classifier_dir=args.classifier, extractor=args.extractor,
+                           steps=args.steps, nfe=args.nfe, grid=args.grid, options=_kv(args.option, "--option"),
+                           clip=args.clip, guidance=args.guidance, classifier_dir=args.classifier, extractor=args.extractor,
                            extractor_path=args.extractor_path, seed=args.seed, n_boot=args.boot,
                            likelihood=_kv(args.bpd, "--bpd"), device=args.device, progress=progress, log=print)
     for e in entries:
@@ -157,8 +161,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ivs = f" [{iv[0]:.4g}, {iv[1]:.4g}]" if iv else ""
         steps = f" x{e['steps']}" if e.get("steps") is not None else ""
         n = f"n {e['n']}" if e.get("extractor") else f"{e.get('n_real')} data points"  # a model metric has no samples
+        clip = f", clip {e['clip']}" if e.get("clip") else ""
         print(f"kimg {e['kimg']:<10g} {e['metric']:<15} {e['value']:.5g}{ivs}  ({n}, {e['sampler']}{steps}, "
-              f"NFE {e['nfe']}{', ' + e['guidance'] if e.get('guidance') else ''})")
+              f"NFE {e['nfe']}{clip}{', ' + e['guidance'] if e.get('guidance') else ''})")
     print(f"{len(entries)} entries in {Path(args.run) / 'metrics.jsonl'}")
     return 0
 
@@ -176,8 +181,8 @@ def cmd_sample_size(args: argparse.Namespace) -> int:
 
     ns = validate.number_list(args.ns, "--ns", Range(10, COUNT_MAX, integer=True))
     res = sample_size_run(args.run, metrics=args.metrics, ns=ns, n_boot=args.boot,
-                          snapshot=args.snapshot, sampler=args.sampler, steps=args.steps, grid=args.grid,
-                          options=_kv(args.option, "--option"), extractor=args.extractor,
+                          snapshot=args.snapshot, sampler=args.sampler, steps=args.steps, nfe=args.nfe, grid=args.grid,
+                          options=_kv(args.option, "--option"), clip=args.clip, extractor=args.extractor,
                           extractor_path=args.extractor_path, seed=args.seed, device=args.device, out=args.out, log=print)
     with open(res["md"]) as f:
         print(f.read().rstrip())

@@ -122,7 +122,7 @@ class LikelihoodSettings:
         if out.dequantization == "auto":
             out = replace(out, dequantization="uniform" if len(shape) == 3 else "none")
         if out.solver == "heun" and out.grid == "auto":
-            out = replace(out, grid=default_grid(dynamics, out.steps, "heun"))
+            out = replace(out, grid=default_grid(dynamics, "heun"))
         return out
 
     def describe(self) -> dict[str, Any]:

@@ -92,12 +92,11 @@ def paper_layout(seeds: int = 6) -> Layout:
 def study_layout(study: Any, seeds: int | None = None) -> Layout:
     """The layout of a study (diffatlas.study.spec.Study); `seeds` replaces its seed count."""
     from ..evaluate import PRODUCES
-    from .results import eval_label
+    from .results import setting_label
 
     settings = []
     for s in study.evaluation.samplers:
-        e = {"sampler": s.get("sampler"), "steps": s.get("steps"), "guidance": s.get("guidance")}
-        settings.append((eval_label(e), s.get("guidance") or "none", eval_label({**e, "guidance": None})))
+        settings.append((setting_label(s), s.get("guidance") or "none", setting_label({**s, "guidance": None})))
     metrics = tuple(p for m in study.evaluation.metrics for p in PRODUCES.get(m, (m,)))
     guided = any(g != "none" for _, g, _ in settings)
     draws = study.evaluation.draws

@@ -20,10 +20,23 @@ from .statistics import EVAL_KEY
 
 
 def eval_label(entry: dict) -> str:
-    """The evaluation setting of a metric entry: 'sampler x steps' (or 'default')."""
+    """The evaluation setting of a metric entry, as requested ('ddim x10', 'heun nfe20', 'default';
+    samplers.plan.request_label), with its guidance. Entries written before requests were recorded
+    read as 'sampler xSTEPS'."""
     s, k = entry.get("sampler"), entry.get("steps")
-    label = "default" if s is None and k is None else f"{s or 'auto'} x{k}" if k is not None else str(s)
+    label = entry.get("setting") or ("default" if s is None and k is None else f"{s or 'auto'} x{k}" if k is not None
+                                     else str(s))
     g = entry.get("guidance")
+    return f"{label} {g}" if g not in (None, "none") else label
+
+
+def setting_label(setting: dict) -> str:
+    """The label a study's evaluation setting (study.spec) gets in its entries: eval_label's."""
+    from ..samplers.plan import request_label
+
+    label = request_label(setting.get("sampler"), setting.get("steps"), setting.get("nfe"), setting.get("grid"),
+                          setting.get("options"), setting.get("clip"))
+    g = setting.get("guidance")
     return f"{label} {g}" if g not in (None, "none") else label
 
 

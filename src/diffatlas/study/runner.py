@@ -60,6 +60,8 @@ def train_and_evaluate(task: Task) -> None:
     sample-count sweep and the independent draws (evaluation.draws) on the final snapshot."""
     from ..evaluate import evaluate_run
     from ..train import train
+    from .results import setting_label
+    from .spec import setting_kwargs
 
     ev = task.evaluation
     task.log(f"train {task.id} -> {task.run_dir}" + (f" ({task.processes} processes, torchrun)" if task.processes > 1 else ""))
@@ -68,25 +70,22 @@ def train_and_evaluate(task: Task) -> None:
     else:
         train(task.config, task.run_dir, progress=False, log=task.log)
     for setting in ev.samplers:
-        task.log(f"evaluate {task.id}: {', '.join(ev.metrics)} n={ev.n} sampler={setting.get('sampler', 'auto')} "
-                 f"steps={setting.get('steps', 'auto')}")
-        extra = {"guidance": setting["guidance"]} if "guidance" in setting else {}
-        evaluate_run(task.run_dir, metrics=tuple(ev.metrics), n=ev.n, snapshots="all", sampler=setting.get("sampler"),
-                     steps=setting.get("steps"), extractor=ev.extractor, seed=ev.seed, progress=False, **extra)
-    first = ev.samplers[0]
+        task.log(f"evaluate {task.id}: {', '.join(ev.metrics)} n={ev.n} setting {setting_label(setting)}")
+        evaluate_run(task.run_dir, metrics=tuple(ev.metrics), n=ev.n, snapshots="all", extractor=ev.extractor,
+                     seed=ev.seed, progress=False, **setting_kwargs(setting))
+    first = setting_kwargs(ev.samplers[0])
     for n in ev.n_sweep:
         if n == ev.n:
             continue
         task.log(f"evaluate {task.id}: n={n} (sample-count sweep, final snapshot)")
-        evaluate_run(task.run_dir, metrics=tuple(ev.metrics), n=n, snapshots="latest", sampler=first.get("sampler"),
-                     steps=first.get("steps"), extractor=ev.extractor, seed=ev.seed, progress=False)
+        evaluate_run(task.run_dir, metrics=tuple(ev.metrics), n=n, snapshots="latest", extractor=ev.extractor,
+                     seed=ev.seed, progress=False, **first)
     draws = ev.draws or {}
     for j in range(draws.get("count", 0)):  # independent draws: disjoint per-sample seed ranges
         start = draws["seed"] + j * draws["n"]
         task.log(f"evaluate {task.id}: draw {j + 1}/{draws['count']}, n={draws['n']}, seeds {start}.. (final snapshot)")
-        extra = {"guidance": first["guidance"]} if "guidance" in first else {}
-        evaluate_run(task.run_dir, metrics=tuple(ev.metrics), n=draws["n"], snapshots="latest", sampler=first.get("sampler"),
-                     steps=first.get("steps"), extractor=ev.extractor, seed=start, progress=False, **extra)
+        evaluate_run(task.run_dir, metrics=tuple(ev.metrics), n=draws["n"], snapshots="latest", extractor=ev.extractor,
+                     seed=start, progress=False, **first)
 
 
 def train_under_torchrun(task: Task) -> None:

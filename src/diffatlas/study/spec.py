@@ -332,10 +332,17 @@ def _registry_name(registry: Any, name: Any, where: str) -> str:
     return str(name)
 
 
+# What one evaluation setting may state: a sampler with steps or an NFE budget, its grid and options,
+# x0 clipping and guidance; anything left out is the run's default (samplers.plan).
+SETTING_KEYS = ("sampler", "steps", "nfe", "grid", "options", "clip", "guidance")
+
+
 def _parse_sampler_setting(s: Any, j: int) -> dict:
     """One evaluation setting, every name and number checked now (not after the runs are trained)."""
+    from ..config import sampler_options
     from ..guidance import parse_guidance_spec
-    from ..samplers import SAMPLERS
+    from ..samplers import SAMPLERS, parse_clip
+    from ..schedules import GRIDS
 
     where = f"evaluation.samplers[{j}]"
     if s is None:
@@ -344,7 +351,7 @@ def _parse_sampler_setting(s: Any, j: int) -> dict:
         s = {"sampler": s}
     if not isinstance(s, dict):
         raise UserError(f"{where}: expected a mapping such as {{sampler: heun, steps: 18}}, got {s!r}")
-    validate.known_keys(s, ("sampler", "steps", "guidance"), where)
+    validate.known_keys(s, SETTING_KEYS, where)
     out = {}
     if s.get("guidance") not in (None, "none"):
         if not isinstance(s["guidance"], str):
@@ -358,7 +365,30 @@ def _parse_sampler_setting(s: Any, j: int) -> dict:
         out["sampler"] = _registry_name(SAMPLERS, s["sampler"], f"{where}.sampler")
     if s.get("steps") is not None:
         out["steps"] = int(validate.number(s["steps"], f"{where}.steps", STEPS))
+    if s.get("nfe") is not None:
+        out["nfe"] = int(validate.number(s["nfe"], f"{where}.nfe", STEPS))
+        if "steps" in out:
+            raise UserError(f"{where}: give steps or nfe (a budget of denoiser evaluations), not both")
+    if s.get("grid") is not None:
+        out["grid"] = _registry_name(GRIDS, s["grid"], f"{where}.grid") if s["grid"] != "auto" else "auto"
+    if s.get("options") is not None:
+        if not isinstance(s["options"], dict):
+            raise UserError(f"{where}.options must be a mapping of sampler options, got {s['options']!r}")
+        if out.get("sampler") in (None, "auto"):
+            raise UserError(f"{where}: options need a named sampler (options differ between samplers)")
+        try:
+            out["options"] = sampler_options(out["sampler"], s["options"], label=f"{where}.options")
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
+    if s.get("clip") is not None:
+        parse_clip(s["clip"])
+        out["clip"] = str(s["clip"])
     return out
+
+
+def setting_kwargs(setting: dict) -> dict:
+    """evaluate_run's keyword arguments for one evaluation setting (absent keys: the run's defaults)."""
+    return {k: setting[k] for k in SETTING_KEYS if k in setting}
 
 
 def _parse_evaluation(d: Any) -> Evaluation:
