@@ -23,6 +23,7 @@ from ..study import statistics as S
 from ..study.convergence import bootstrap_mean_ci
 from ..study.results import StudyResults, load_results
 from ..study.spec import short_key
+from . import fairness as FA
 from . import figures as F
 
 
@@ -97,11 +98,13 @@ def _convergence_table(res: StudyResults, records: list[dict], metric: str) -> T
                   "settled seeds"], rows)
 
 
-def _sample_grids(res: StudyResults, n: int) -> list[Figure]:
-    """One grid per configuration: the run's own samples/*.png if present, else sampled now (first seed)."""
+def _sample_grids(res: StudyResults, n: int) -> tuple[list[Figure], list[str]]:
+    """One figure per configuration: the run's own samples/*.png if present, else sampled now (first seed):
+    an image grid, or a scatter for point data (toy mixtures). Returns (figures, notes on the skipped)."""
     axes = [a for a in res.axes if a != "guidance"]
     seen: set[str] = set()
-    figs = []
+    figs: list[Figure] = []
+    notes: list[str] = []
     for r in res.runs:
         conf = _config_label(r.labels, axes)
         if conf in seen:
@@ -120,10 +123,16 @@ def _sample_grids(res: StudyResults, n: int) -> list[Figure]:
             out = sample_run(r.run_dir, n=n, seed=0)
         except Exception:  # noqa: BLE001 - a run that cannot be sampled is left out of the grids
             continue
-        figs.append(Figure(f"samples-{r.id}", F.image_grid_png(out["x"]),
-                           f"{conf} (seed {r.labels.get('seed')}): {out['sampler']}, {out['steps']} steps, kimg {out['kimg']:g}"))
+        png = F.samples_png(out["x"])
         seen.add(conf)
-    return figs
+        if png is None:
+            notes.append(f"{conf}: samples of shape {tuple(out['x'].shape[1:])} have no picture (neither images nor "
+                         "points of two or more coordinates)")
+            continue
+        what = "scatter of the points" if out["x"].dim() == 2 else "grid"
+        figs.append(Figure(f"samples-{r.id}", png, f"{conf} (seed {r.labels.get('seed')}): {what}, {out['sampler']}, "
+                                                   f"{out['steps']} steps, kimg {out['kimg']:g}"))
+    return figs, notes
 
 
 def _nfe_points(res: StudyResults, metric: str) -> dict[str, list[tuple[float, float]]]:
@@ -148,8 +157,9 @@ def _dynamics_configs(res: StudyResults) -> dict[str, dict]:
     return out
 
 
-def _verdict_section(verdicts: list[S.Verdict]) -> Section:
-    """The verdict table and, below it, each claim's operational definition."""
+def _verdict_section(verdicts: list[S.Verdict], checks: list[FA.Check] | None = None) -> Section:
+    """The verdict table and, below it, each claim's operational definition. `checks`: the fairness
+    checks of the comparisons (a claim whose comparison gave its sides unequal sampling is marked)."""
     k = sum(1 for v in verdicts if np.isfinite(v.p_adj))
     text = [f"Each claim of arXiv 2402.13369 is tested on this study's trained models (one seed of one configuration "
             f"is one unit; evaluation settings of one model are averaged, not counted as replicates). p: the claim's "
@@ -157,9 +167,46 @@ def _verdict_section(verdicts: list[S.Verdict]) -> Section:
             f"cannot reach p < {S.ALPHA} at all (e.g. fewer than {S.min_pairs(S.ALPHA)} seeds); 'not tested': the "
             "study lacks what the claim needs. How each claim is decided:"]
     text += [f"{v.claim}: {v.definition}" for v in verdicts if v.definition]
-    table = Table(["claim", "verdict", "n", "p (Holm)", "evidence"],
-                  [[v.claim, v.verdict, str(v.n), _fmt(v.p_adj, 3), " | ".join(v.evidence)] for v in verdicts])
+
+    def sampling(claim: str) -> str:
+        mine = [c for c in checks or () if claim in c.claims]
+        if not mine:
+            return "-"
+        flagged = [c for c in mine if c.flagged]
+        if flagged:
+            return (f"{FA.FLAG}: unequal sampling in {len(flagged)} of {len(mine)} matched setting(s), see "
+                    "'Fairness of the comparisons'")
+        return "; ".join(sorted({c.summary() for c in mine}))
+
+    table = Table(["claim", "verdict", "n", "p (Holm)", "evidence", "sampling of the compared sides"],
+                  [[v.claim, v.verdict, str(v.n), _fmt(v.p_adj, 3), " | ".join(v.evidence), sampling(v.claim)]
+                   for v in verdicts])
     return Section("Verdicts on the paper's claims", text, [table])
+
+
+def _fairness_section(res: StudyResults, checks: list[FA.Check]) -> Section:
+    """How every configuration was sampled, and each comparison's two sides checked for equal sampling."""
+    n_flag = sum(1 for c in checks if c.flagged)
+    text = ["How each configuration was sampled, from its runs' metric entries at the last evaluated snapshot: the "
+            "sampler and its kind (stochastic: fresh noise at every step; ODE: the deterministic probability-flow "
+            "ODE), the time grid, the steps, the network evaluations per sample actually spent (NFE used) and the "
+            "budget asked for, x0 clipping and the sampler options, each marked as tuned (set explicitly in the "
+            f"study's evaluation plan or the run's config) or a default; '{FA.NOT_RECORDED}': the run's entries "
+            "predate the field. Where the runs of one configuration differ, every value is shown."]
+    sections_tables = []
+    rows = FA.sampling_rows(res, _config_label)
+    if rows:
+        sections_tables.append(Table(FA.SAMPLING_HEADER, rows))
+    if checks:
+        text.append(f"Each comparison of the statistics (the same pairs of trained models and matched evaluation "
+                    f"settings) with the sampling of its two sides. {FA.FLAG}: the sides spent unequal NFE at the same "
+                    f"requested setting (e.g. a discrete process with fewer levels than the requested steps), had "
+                    f"unequal NFE budgets, used different kinds of sampler, or different x0 clipping: the difference "
+                    f"measured may be the sampling's, not the models'. {n_flag} of {len(checks)} flagged.")
+        sections_tables.append(Table(FA.CHECK_HEADER, FA.check_rows(checks)))
+    elif res.runs:
+        text.append("No comparison between configurations was formed, so none is checked.")
+    return Section("Fairness of the comparisons", text, sections_tables)
 
 
 def build_report(out: str | Path, samples: int = 16, seed: int = 0) -> tuple[str, list[Section]]:
@@ -180,12 +227,16 @@ def build_report(out: str | Path, samples: int = 16, seed: int = 0) -> tuple[str
     sections.append(overview)
 
     verdicts = S.verdicts(records, res.axes, metrics, budget=res.budget_kimg, sweeps=res.sweeps(), seed=seed)
-    sections.append(_verdict_section(verdicts))
+    comps = S.all_pairwise(records, [a for a in res.axes], metrics, seed=seed) if records else []
+    checks = FA.check_comparisons(records, comps + [t for v in verdicts for t in v.tests if t.axis in res.axes],
+                                  FA.claim_map(verdicts, res.axes))
+    sections.append(_verdict_section(verdicts, checks))
+    sections.append(_fairness_section(res, checks))
 
     if records:
         sections.append(Section("Final metrics", ["Mean over seeds at the last evaluated snapshot, with a 95% bootstrap interval."],
                                 [_final_table(res, records)]))
-        comps = S.all_pairwise(records, [a for a in res.axes], metrics, seed=seed)
+        flagged = {(c.axis, c.a, c.b, m) for c in checks if c.flagged for m in c.metrics}
         if comps:
             sections.append(Section("Pairwise comparisons", [
                 "Every pair of values of every axis on every metric, over pairs of trained models (each model reduced to "
@@ -193,11 +244,13 @@ def build_report(out: str | Path, samples: int = 16, seed: int = 0) -> tuple[str
                 f"table; a direction also needs the sign-flip test below {S.ALPHA}. Smallest detectable d_z: at "
                 f"{S.POWER:.0%} power and Holm's strictest level."], [Table(
                 ["axis", "a", "b", "metric", "mean a - b", "95% CI", "d_z [95% CI]", "p (Holm)", "sign-flip p", "pairs",
-                 "smallest detectable d_z", "better"],
+                 "smallest detectable d_z", "better", "sampling"],
                 [[c.axis, str(c.a), str(c.b), c.metric, _fmt(c.diff), f"[{_fmt(c.ci[0])}, {_fmt(c.ci[1])}]",
                   f"{_fmt(c.dz, 3)} [{_fmt(c.dz_ci[0], 3)}, {_fmt(c.dz_ci[1], 3)}]", _fmt(c.p_adj, 3), _fmt(c.p_signflip, 3),
                   str(c.n_pairs), _fmt(c.detectable, 3) if np.isfinite(c.detectable) else "none (too few pairs)",
-                  {"a": str(c.a), "b": str(c.b), "none": "no detectable difference", "underpowered": "underpowered"}[c.verdict]]
+                  {"a": str(c.a), "b": str(c.b), "none": "no detectable difference", "underpowered": "underpowered"}[c.verdict],
+                  f"{FA.FLAG}: unequal, see 'Fairness of the comparisons'"
+                  if (c.axis, str(c.a), str(c.b), c.metric) in flagged else "no flag"]
                  for c in comps])]))
         eff_rows = []
         for axis in res.axes:
@@ -232,9 +285,9 @@ def build_report(out: str | Path, samples: int = 16, seed: int = 0) -> tuple[str
     if png:
         sections.append(Section("Noise schedules", ["log-SNR and sigma/alpha of each run's forward process."], [],
                                 [Figure("logsnr", png, "log-SNR(t) per dynamics")]))
-    grids = _sample_grids(res, samples)
-    if grids:
-        sections.append(Section("Samples", [], [], grids))
+    grids, notes = _sample_grids(res, samples)
+    if grids or notes:
+        sections.append(Section("Samples", notes, [], grids))
     return res.name, sections
 
 
@@ -284,6 +337,7 @@ th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: left; vertical-al
 th { background: #f0f0f0; }
 td.supported { background: #d8f5d8; } td.contradicted { background: #f8d4d4; }
 td.inconclusive, td.no-detectable-difference, td.underpowered { background: #fbf3d0; } td.not-tested { background: #eee; }
+td.flag { background: #f8d4d4; font-weight: bold; }
 figure { display: inline-block; margin: 0.5em; } figcaption { font-size: 0.8em; color: #555; }
 img { max-width: 100%; image-rendering: pixelated; }
 """
@@ -302,7 +356,7 @@ def render_html(name: str, sections: list[Section]) -> str:
             for row in t.rows:
                 cells = []
                 for c in row:
-                    cls = c.replace(" ", "-") if c in S.VERDICTS else ""
+                    cls = c.replace(" ", "-") if c in S.VERDICTS else "flag" if c.startswith(FA.FLAG + ":") else ""
                     cells.append(f"<td class='{cls}'>{e(c)}</td>" if cls else f"<td>{e(c)}</td>")
                 parts.append("<tr>" + "".join(cells) + "</tr>")
             parts.append("</table>")

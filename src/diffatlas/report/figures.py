@@ -134,6 +134,33 @@ def log_snr_plot(dynamics_configs: dict[str, dict]) -> bytes | None:
     return _png(fig)
 
 
+@_plain_text
+def points_png(x: Any, title: str = "") -> bytes:
+    """A scatter of point samples x: (N, D) with D >= 2 (the first two coordinates when D > 2)."""
+    a = np.asarray(x.detach().cpu().double()) if hasattr(x, "detach") else np.asarray(x, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(3.4, 3.4))
+    ax.scatter(a[:, 0], a[:, 1], s=6, alpha=0.6, linewidths=0)
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_xlabel("x[0]")
+    ax.set_ylabel("x[1]")
+    if a.shape[1] > 2:
+        title = (title + " " if title else "") + f"(first 2 of {a.shape[1]} coordinates)"
+    if title:
+        ax.set_title(title, fontsize=8)
+    return _png(fig)
+
+
+def samples_png(x: Any) -> bytes | None:
+    """The figure of a batch of samples: an image grid for (N, C, H, W), a scatter for points (N, D >= 2);
+    None for anything else (e.g. 1-D points), which has no picture here."""
+    shape = tuple(x.shape)
+    if len(shape) == 4:
+        return image_grid_png(x)
+    if len(shape) == 2 and shape[1] >= 2 and shape[0] > 0:
+        return points_png(x)
+    return None
+
+
 def image_grid_png(x: Any, nrow: int | None = None) -> bytes:
     """A grid of images in [-1, 1], x: (N, C, H, W) tensor, as PNG bytes (nearest-neighbour upscaled)."""
     from PIL import Image

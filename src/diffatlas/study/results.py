@@ -4,7 +4,9 @@ records for statistics and reports.
 metrics.jsonl entries at the study's evaluation seed make the curves (at the study's n) and the n
 sweep (every n, final snapshot); entries of the independent draws (evaluation.draws: n samples
 from per-sample seed draws.seed + j * n, j < count) are kept apart and ride on the records of
-their (metric, setting) as "draws"; any other seed is ignored."""
+their (metric, setting) as "draws"; any other seed is ignored. Each record also carries "sampled":
+how its final value was sampled (the entry's sampler, grid, steps, nfe, nfe_budget, clip, options;
+a field an older entry lacks is absent), for the report's fairness check."""
 
 from __future__ import annotations
 
@@ -62,6 +64,7 @@ class RunResult:
     sampling: dict[str, str] = field(default_factory=dict)                                   # eval label -> label without guidance
     draws: dict[tuple[str, str], dict] = field(default_factory=dict)                         # (metric, eval) -> {n, kimg, seeds, values}
     higher_is_better: dict[str, bool] = field(default_factory=dict)                          # metric -> its entries' direction
+    sampled: dict[tuple[str, str], dict] = field(default_factory=dict)                       # (metric, eval) -> SAMPLED_FIELDS of the final entry
 
     @property
     def id(self) -> str:
@@ -86,6 +89,7 @@ class StudyResults:
     budget_kimg: float | None
     n: int | None
     guided: bool = False            # some evaluation used guidance: "guidance" becomes an axis
+    evaluation: dict = field(default_factory=dict)   # the study's evaluation plan as the ledger recorded it
 
     def records(self, rel_tol: float = 0.05, k: int = 3) -> list[dict]:
         """One record per (run, evaluation setting, metric): final value and convergence kimg."""
@@ -108,6 +112,8 @@ class StudyResults:
                        "higher_is_better": r.higher_is_better.get(metric)}
                 if (metric, ev) in r.draws:
                     rec["draws"] = r.draws[(metric, ev)]
+                if (metric, ev) in r.sampled:
+                    rec["sampled"] = r.sampled[(metric, ev)]
                 recs.append(rec)
         return recs
 
@@ -121,6 +127,10 @@ class StudyResults:
                     by_ev[ev][metric] = d
             out.extend(by_ev.values())
         return out
+
+
+# How an entry was sampled: what the report's fairness section lists. An older entry may lack some.
+SAMPLED_FIELDS = ("sampler", "grid", "steps", "nfe", "nfe_budget", "clip", "options", "guidance", "setting")
 
 
 def _is_draw(entry: dict, seed: int, plan: dict | None) -> bool:
@@ -188,6 +198,8 @@ def load_results(out: str | Path, n: int | None = None) -> StudyResults:
                 continue
             if e.get("n") == n:
                 curves[key][kimg] = value
+                if kimg >= max(curves[key]):
+                    rr.sampled[key] = {f: e[f] for f in SAMPLED_FIELDS if f in e}
             if e.get("n") is not None:
                 by_n[key][kimg][int(e["n"])] = value
         rr.curves = {k: sorted(v.items()) for k, v in curves.items()}
@@ -207,4 +219,4 @@ def load_results(out: str | Path, n: int | None = None) -> StudyResults:
     guided = any(rr.guidance for rr in runs)
     if guided and "guidance" not in axes:
         axes.append("guidance")
-    return StudyResults(out, name, runs, axes, metrics, budget, n, guided)
+    return StudyResults(out, name, runs, axes, metrics, budget, n, guided, ev)
