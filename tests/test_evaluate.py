@@ -270,5 +270,5 @@ def test_bpd_of_an_image_run(run, tmp_path):
                           device="cpu", log=None)
     assert e["options"]["dequantization"] == "uniform" and e["discretization_bits"] == 7.0
     assert e["options"]["divergence"] == "hutchinson" and e["vjps_per_nfe"] == 1 and e["dims"] == 64
-    assert (e["sampler"], e["grid"], e["steps"], e["nfe"]) == ("heun", "discrete", 4, 6)
+    assert (e["sampler"], e["grid"], e["steps"], e["nfe"]) == ("heun", "logsnr", 4, 6)
     assert e["n_real"] == 8 and e["reference_split"] == "test" and e["extractor"] is None and np.isfinite(e["value"])

@@ -23,7 +23,7 @@ from diffatlas.study.spec import study_from_dict  # noqa: E402
 
 STUDY = {**FAKE_STUDY, "axes": [{"product": {"dynamics.name": ["ddpm", "ncsn"]}}], "seeds": [0, 1, 2, 3, 4, 5],
          "evaluation": {"metrics": ["fid", "is"], "n": 100, "every_kimg": 5,
-                        "samplers": [{"sampler": "ddim", "steps": 16}]}}
+                        "samplers": [{"sampler": "ddim", "steps": 8}]}}
 
 
 def _study(tmp_path: Path, mutate, **extra) -> Path:
@@ -57,26 +57,26 @@ def _verdict_row(md: str, claim_start: str) -> str:
 
 
 def test_unequal_nfe_at_the_same_requested_setting_is_flagged(tmp_path):
-    # ddpm has 5 levels: asked for 16 DDIM steps it spends 5 network evaluations, ncsn 16
-    out = _study(tmp_path, lambda e, lab: _new_fields(e, 5 if lab["dynamics.name"] == "ddpm" else 16, 0.0))
+    # ddpm has 5 levels: asked for 8 DDIM steps it spends 5 network evaluations, ncsn 8
+    out = _study(tmp_path, lambda e, lab: _new_fields(e, 5 if lab["dynamics.name"] == "ddpm" else 8, 0.0))
     paths = write_report(out, samples=0)
     md, html = paths["md"].read_text(), paths["html"].read_text()
     sec = _fairness(md)
     # the per-configuration listing: sampler and kind, grid, steps, NFE used, budget, clipping, options
-    assert "| dynamics=ddpm | ddim x16 | ddim (ODE) | logsnr | 16 | 5 | none (steps) | auto | defaults: eta=0 | 6 |" in sec
-    assert "| dynamics=ncsn | ddim x16 | ddim (ODE) | logsnr | 16 | 16 | none (steps) | auto | defaults: eta=0 | 6 |" in sec
-    assert "FLAG: unequal NFE: ddpm 5 vs ncsn 16 at the same requested setting (ddpm spent fewer" in sec
+    assert "| dynamics=ddpm | ddim x8 | ddim (ODE) | logsnr | 8 | 5 | none (steps) | auto | defaults: eta=0 | 6 |" in sec
+    assert "| dynamics=ncsn | ddim x8 | ddim (ODE) | logsnr | 8 | 8 | none (steps) | auto | defaults: eta=0 | 6 |" in sec
+    assert "FLAG: unequal NFE: ddpm 5 vs ncsn 8 at the same requested setting (ddpm spent fewer" in sec
     assert "1 of 1 flagged" in sec
     assert "| DDPM-based beats NCSN-based (discrete: ddpm vs ncsn) | FLAG" in sec  # the claim the comparison feeds
     assert "FLAG: unequal sampling in 1 of 1" in _verdict_row(md, "DDPM-based beats NCSN-based (discrete")
-    assert "<td class='flag'>FLAG: unequal NFE: ddpm 5 vs ncsn 16" in html
+    assert "<td class='flag'>FLAG: unequal NFE: ddpm 5 vs ncsn 8" in html
     pairwise = md.split("## Pairwise comparisons", 1)[1].split("\n## ", 1)[0]
     assert pairwise.count("FLAG: unequal") == 2  # fid and is
 
 
 def test_mixed_sampler_kinds_are_flagged(tmp_path):
     # same sampler name and NFE, but ddpm's DDIM runs with eta = 1 (ancestral noise), ncsn's deterministically
-    out = _study(tmp_path, lambda e, lab: _new_fields(e, 16, 1.0 if lab["dynamics.name"] == "ddpm" else 0.0))
+    out = _study(tmp_path, lambda e, lab: _new_fields(e, 8, 1.0 if lab["dynamics.name"] == "ddpm" else 0.0))
     md = write_report(out, samples=0)["md"].read_text()
     sec = _fairness(md)
     assert "ddim (stochastic (DDIM eta=1))" in sec and "ddim (ODE)" in sec
@@ -85,7 +85,7 @@ def test_mixed_sampler_kinds_are_flagged(tmp_path):
 
 
 def test_equal_sampling_gets_no_flag_and_explicit_options_are_tuned(tmp_path):
-    out = _study(tmp_path, lambda e, lab: _new_fields(e, 16, 0.5),
+    out = _study(tmp_path, lambda e, lab: _new_fields(e, 8, 0.5),
                  base={**FAKE_STUDY["base"], "sample": {"options": {"eta": 0.5}}})
     paths = write_report(out, samples=0)
     md, html = paths["md"].read_text(), paths["html"].read_text()
@@ -103,7 +103,7 @@ def test_entries_of_older_runs_without_the_fields(tmp_path):
     out = _study(tmp_path, old)
     md = write_report(out, samples=0)["md"].read_text()
     sec = _fairness(md)
-    assert "| dynamics=ddpm | ddim x16 | ddim (unknown) | not recorded | 16 | not recorded | not recorded | not recorded | " \
+    assert "| dynamics=ddpm | ddim x8 | ddim (unknown) | not recorded | 8 | not recorded | not recorded | not recorded | " \
            "not recorded | 6 |" in sec
     assert not _flagged_cells(md) and "0 of 1 flagged" in sec
     assert "| NFE not recorded, kind of sampler unknown |" in sec  # nothing to compare is not called equal

@@ -110,7 +110,7 @@ FAKE_STUDY = {
     "seeds": [0, 1],
     "budget_kimg": 10,
     "evaluation": {"metrics": ["fid", "is"], "n": 100, "every_kimg": 2,
-                   "samplers": [{"sampler": "heun", "steps": 8}, {"sampler": "ddim", "steps": 16}]},
+                   "samplers": [{"sampler": "heun", "steps": 8}, {"sampler": "ddim", "steps": 10}]},
 }
 
 

@@ -81,7 +81,7 @@ def test_evaluation_writes_every_metric_against_kimg_and_a_sample_grid(run, clf_
         events = acc.Scalars(f"eval/{metric}/{setting_tag(mine[0])}")
         assert [e.step for e in events] == [round(e["kimg"] * 1000) for e in mine]
         assert [e.value for e in events] == pytest.approx([e["value"] for e in mine], rel=1e-6)
-    assert setting_tag(entries[0]) == "ddim-x3_discrete_classifier_n16_seed0"
+    assert setting_tag(entries[0]) == "ddim-x3_logsnr_clip=static_classifier_n16_seed0"
     images = acc.Images(f"samples/{setting_tag(entries[0])}")
     assert [im.step for im in images] == [96, 224]
     assert all((im.width, im.height) == (37, 37) for im in images)  # 16 samples: 4 x 4 tiles of 8 px, 1 px borders

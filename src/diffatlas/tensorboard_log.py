@@ -51,6 +51,8 @@ def setting_tag(entry: dict[str, Any]) -> str:
     if entry.get("guidance"):
         parts.append(str(entry["guidance"]))
     parts += [f"{k}={v}" for k, v in sorted((entry.get("options") or {}).items())]
+    if entry.get("clip") not in (None, "none"):
+        parts.append(f"clip={entry['clip']}")
     parts += [str(entry.get("extractor")), f"n{entry.get('n')}", f"seed{entry.get('seed')}"]
     return _tag("_".join(parts))
 

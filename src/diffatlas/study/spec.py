@@ -183,7 +183,22 @@ class Study:
                 seen[rid] = f"{where} seed={seed}"
                 runs.append(RunSpec(rid, len(runs), cfg, labels))
                 self._check_guidance(cfg, where)
+                self._check_sampling(cfg, where)
         return runs
+
+    def _check_sampling(self, cfg: Any, where: str) -> None:
+        """Every evaluation setting must plan on the run's process (e.g. no more steps than a discrete
+        process has): refused now, not after training."""
+        from ..model import make_dynamics
+        from ..sampling import run_plan
+
+        dyn = make_dynamics(cfg)
+        for j, setting in enumerate(self.evaluation.samplers):
+            try:
+                run_plan(cfg, dyn, **{k: setting[k] for k in ("sampler", "steps", "nfe", "grid", "options")
+                                      if k in setting})
+            except (UserError, UnknownNameError) as e:
+                raise UserError(f"study {self.name!r}, run {where}: evaluation.samplers[{j}]: {e}") from None
 
     def _check_guidance(self, cfg: Any, where: str) -> None:
         """Classifier-free guidance in the evaluation plan needs a conditional run: refused now, not after training."""
