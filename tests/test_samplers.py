@@ -13,7 +13,7 @@ from diffatlas.denoiser import eps_from_x0
 from diffatlas.dynamics import DYNAMICS, build_dynamics
 from diffatlas.errors import UserError
 from diffatlas.registry import UnknownNameError
-from diffatlas.samplers import (SAMPLERS, TabulatedDDPM, default_grid, from_eps_model, from_x0_fn, plan_sampling,
+from diffatlas.samplers import (SAMPLERS, TabulatedDDPM, from_eps_model, from_x0_fn, plan_sampling,
                                 prior_from_seeds, sample, steps_for_nfe)
 from diffatlas.samplers.oracle import mmd_rbf, random_directions, sliced_wasserstein
 from diffatlas.schedules import BETA_SCHEDULES, make_grid

@@ -554,8 +554,6 @@ def evaluate_run(
     from .guidance import make_guidance, parse_guidance_spec
     from .metrics import METRICS, MetricContext
     from .model import make_dynamics
-    from .samplers import SAMPLERS
-    from .schedules import GRIDS
 
     log = log or _quiet
     run_dir = Path(run_dir)
