@@ -292,7 +292,7 @@ def test_cancel_interrupts_local_workers(job_env, tmp_path, capsys):
     """`study cancel` on a study run by the local executor: its workers give their runs back and stop."""
     study = _write(tmp_path / "s.yaml", FAKE)
     out = tmp_path / "out"
-    p = _driver(study, out, delay=1.0)
+    p = _driver(study, out, delay=10.0)  # long enough that a loaded machine cancels it mid-run
     _wait_for(lambda: _started(out) == 1, 60, "the first run to start")
     assert cli.main(["study", "cancel", str(out)]) == 0
     assert "and 1 local worker(s)" in capsys.readouterr().out
