@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import atomic_write_bytes, atomic_write_text
 from ..study import statistics as S
 from ..study.convergence import bootstrap_mean_ci
-from ..io import atomic_write_bytes, atomic_write_text
 from ..study.results import StudyResults, load_any
 from ..study.spec import short_key
 from . import fairness as FA

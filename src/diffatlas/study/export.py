@@ -124,11 +124,11 @@ def git_commit(where: Path | None = None) -> dict:
     """The git commit of the code (the package's own checkout) and whether tracked files differ from it."""
     where = where or Path(__file__).resolve().parents[3]
     try:
-        head = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        head = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False)
         if head.returncode != 0:
             return {"commit": None, "dirty": None}
         dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=30)
+                               capture_output=True, text=True, timeout=30, check=False)
         return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip()) if dirty.returncode == 0 else None}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
@@ -164,7 +164,7 @@ def write_export(res: StudyResults, dest: str | Path, *, study_yaml: str | None 
     recs = {(r["run"], r["labels"][EVAL_KEY], r["metric"]): r for r in res.records()}
     rows = []
     for r in res.runs:
-        for (metric, ev), curve in r.curves.items():
+        for (metric, ev) in r.curves:
             rec = recs.get((r.id, ev, metric))
             if rec is None:
                 continue

@@ -103,7 +103,7 @@ class StudyResults:
         return write_export(self, dest, **kwargs)
 
     @classmethod
-    def from_csv(cls, dest: str | Path) -> "StudyResults":
+    def from_csv(cls, dest: str | Path) -> StudyResults:
         """The results of an exported study folder (study.export.load_export)."""
         from .export import load_export
 
