@@ -589,6 +589,17 @@ CASES: list[Case] = [
     Case("report-metrics-garbage", "report {study} --samples 0", study_metrics("\xff\xfe\n"), "metrics.jsonl"),
     Case("report-read-only-study", "report {study} --samples 0", lambda w: w.study.chmod(0o555), "not writable",
          as_other_user=True),
+    Case("export-not-a-study", "study export {tmp} {tmp}/dest", expect="ledger"),
+    Case("export-into-the-study", "study export {study} {study} --samples 0", expect="study output folder"),
+    Case("export-dest-is-file", "study export {study} {file} --samples 0", expect="is a file"),
+    Case("export-samples-negative", "study export {study} {tmp}/dest --samples -1", expect="--samples"),
+    Case("export-corrupt-ledger", "study export {study} {tmp}/dest --samples 0", ledger(b"garbage " * 100), "ledger"),
+    Case("report-export-without-description", "report {tmp}/exp", lambda w: (
+        (w.tmp / "exp").mkdir(), (w.tmp / "exp" / "results.csv").write_text("run\n")), "export.json"),
+    Case("report-export-damaged-csv", "report {tmp}/exp", lambda w: (
+        (w.tmp / "exp").mkdir(), (w.tmp / "exp" / "results.csv").write_text("run\n"),
+        (w.tmp / "exp" / "export.json").write_text('{"label_columns": [], "name": "x", "axes": [], "metrics": []}'),
+        (w.tmp / "exp" / "runs.csv").write_text("run,position\n")), "column"),
     Case("quickstart-workers-zero", "quickstart --workers 0 --out {tmp}/q", expect="--workers"),
     Case("quickstart-workers-huge", "quickstart --workers 1000000 --out {tmp}/q", expect="--workers"),
     Case("quickstart-out-in-file", "quickstart --out {file}/q", expect="is a file"),

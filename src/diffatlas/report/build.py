@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
 import re
 import time
 from collections import defaultdict
@@ -19,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import atomic_write_bytes, atomic_write_text
 from ..study import statistics as S
 from ..study.convergence import bootstrap_mean_ci
-from ..study.results import StudyResults, load_results
+from ..study.results import StudyResults, load_any
 from ..study.spec import short_key
 from . import fairness as FA
 from . import figures as F
@@ -136,13 +136,18 @@ def _sample_grids(res: StudyResults, n: int) -> tuple[list[Figure], list[str]]:
 
 
 def _nfe_points(res: StudyResults, metric: str) -> dict[str, list[tuple[float, float]]]:
+    """sampler -> [(NFE used, final value)]: each unguided curve of `metric` that reaches its run's last
+    evaluated snapshot, at the NFE its final entry spent."""
     pts: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for r in res.runs:
-        final = max((float(e["kimg"]) for e in r.entries if e.get("metric") == metric and e.get("n") == res.n), default=None)
-        for e in r.entries:
-            if (e.get("metric") == metric and e.get("n") == res.n and e.get("nfe") is not None and final is not None
-                    and float(e["kimg"]) == final and e.get("guidance") in (None, "none")):
-                pts[str(e.get("sampler") or "auto")].append((float(e["nfe"]), float(e["value"])))
+        curves = {key: c for key, c in r.curves.items() if key[0] == metric and c}
+        if not curves:
+            continue
+        final = max(c[-1][0] for c in curves.values())
+        for key, c in curves.items():
+            s = r.sampled.get(key) or {}
+            if c[-1][0] == final and s.get("nfe") is not None and s.get("guidance") in (None, "none"):
+                pts[str(s.get("sampler") or "auto")].append((float(s["nfe"]), float(c[-1][1])))
     return dict(pts)
 
 
@@ -209,9 +214,10 @@ def _fairness_section(res: StudyResults, checks: list[FA.Check]) -> Section:
     return Section("Fairness of the comparisons", text, sections_tables)
 
 
-def build_report(out: str | Path, samples: int = 16, seed: int = 0) -> tuple[str, list[Section]]:
-    """Collect results and statistics into sections. Returns (study name, sections)."""
-    res = load_results(out)
+def build_report(out: str | Path | StudyResults, samples: int = 16, seed: int = 0) -> tuple[str, list[Section]]:
+    """Collect results and statistics into sections. Returns (study name, sections). `out`: a study
+    output folder, an exported one (study.export: its files alone) or StudyResults already read."""
+    res = out if isinstance(out, StudyResults) else load_any(out)
     records = res.records()
     metrics = res.metrics
     primary = next((m for m in ("fid", "is") if m in metrics), metrics[0] if metrics else None)
@@ -285,7 +291,11 @@ def build_report(out: str | Path, samples: int = 16, seed: int = 0) -> tuple[str
     if png:
         sections.append(Section("Noise schedules", ["log-SNR and sigma/alpha of each run's forward process."], [],
                                 [Figure("logsnr", png, "log-SNR(t) per dynamics")]))
-    grids, notes = _sample_grids(res, samples)
+    if res.sample_grids is not None:  # an exported study: the grids its export carries
+        grids = [Figure(name, path.read_bytes(), caption) for name, path, caption in res.sample_grids[0]]
+        notes = list(res.sample_grids[1])
+    else:
+        grids, notes = _sample_grids(res, samples)
     if grids or notes:
         sections.append(Section("Samples", notes, [], grids))
     return res.name, sections
@@ -368,24 +378,16 @@ def render_html(name: str, sections: list[Section]) -> str:
     return "\n".join(parts)
 
 
-def _atomic_write(path: Path, data: str | bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    if isinstance(data, str):
-        tmp.write_text(data)
-    else:
-        tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_report(out: str | Path, samples: int = 16, seed: int = 0) -> dict[str, Path]:
-    """Write <out>/report.md (+ report_files/*.png) and the self-contained <out>/report.html."""
+    """Write <out>/report.md (+ report_files/*.png) and the self-contained <out>/report.html; `out` is a
+    study output folder or an exported one (study.export)."""
     out = Path(out)
     name, sections = build_report(out, samples=samples, seed=seed)
     fig_dir = out / "report_files"
     fig_dir.mkdir(exist_ok=True)
     for s in sections:
         for f in s.figures:
-            _atomic_write(fig_dir / f"{_safe_name(f.name)}.png", f.png)
-    _atomic_write(out / "report.md", render_markdown(name, sections, "report_files"))
-    _atomic_write(out / "report.html", render_html(name, sections))
+            atomic_write_bytes(fig_dir / f"{_safe_name(f.name)}.png", f.png)
+    atomic_write_text(out / "report.md", render_markdown(name, sections, "report_files"))
+    atomic_write_text(out / "report.html", render_html(name, sections))
     return {"md": out / "report.md", "html": out / "report.html"}

@@ -1,4 +1,4 @@
-"""CLI: `diffatlas study plan|run|status|cancel`, `diffatlas report`, `diffatlas quickstart`."""
+"""CLI: `diffatlas study plan|run|status|cancel|export`, `diffatlas report`, `diffatlas quickstart`."""
 
 from __future__ import annotations
 
@@ -51,8 +51,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--out", help="output folder (default studies-out/<name>)")
     q.set_defaults(func=cmd_cancel)
 
-    q = sub.add_parser("report", help="write report.md and report.html for a study")
+    q = ssub.add_parser("export", help="write a study's results as plain files (CSV, its study file, provenance) "
+                                       "from which `diffatlas report` rebuilds its report")
     q.add_argument("study", help="study file (YAML) or its output folder")
+    q.add_argument("dest", help="folder to write results.csv, curves.csv, runs.csv, ... into (created if needed)")
+    q.add_argument("--out", help="study output folder (default studies-out/<name>)")
+    q.add_argument("--samples", type=arg(Range(0, 10_000, integer=True)), default=16,
+                   help="images per sample grid carried for the report, as `diffatlas report --samples` (default 16)")
+    q.set_defaults(func=cmd_export)
+
+    q = sub.add_parser("report", help="write report.md and report.html for a study")
+    q.add_argument("study", help="study file (YAML), its output folder, or a folder `diffatlas study export` wrote")
     q.add_argument("--out", help="study output folder (default studies-out/<name>)")
     q.add_argument("--samples", type=arg(Range(0, 10_000, integer=True)), default=16, help="images per sample grid (0: none; default 16)")
     q.set_defaults(func=cmd_report)
@@ -69,12 +78,16 @@ def _out_for(args: argparse.Namespace, study: Study) -> Path:
     return Path(args.out) if getattr(args, "out", None) else default_out(study)
 
 
-def _study_or_folder(arg: str, out: str | None) -> Path:
-    """A study file gives its output folder; a folder with ledger.sqlite is one."""
+def _study_or_folder(arg: str, out: str | None, exported: bool = False) -> Path:
+    """A study file gives its output folder; a folder with ledger.sqlite is one (and, where `exported`,
+    a folder with results.csv that `study export` wrote)."""
     p = Path(arg)
     if p.is_dir():
+        if exported and not (p / "ledger.sqlite").exists() and (p / "results.csv").exists():
+            return p
         if not (p / "ledger.sqlite").is_file():
-            raise UserError(f"{arg!r} is a folder without a study ledger; give a study file or a study output folder")
+            raise UserError(f"{arg!r} is a folder without a study ledger" + (" or an exported results.csv" if exported else "")
+                            + "; give a study file or a study output folder" + (" or an export" if exported else ""))
         return p
     study = load_study(p)
     from .runner import default_out
@@ -130,11 +143,22 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from ..report import write_report
 
-    out = _study_or_folder(args.study, args.out)
+    out = _study_or_folder(args.study, args.out, exported=True)
     validate.writable_dir(out, "study output folder")
     paths = write_report(out, samples=args.samples)
     print(f"report: {paths['html']}")
     print(f"        {paths['md']}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_study
+
+    out = _study_or_folder(args.study, args.out)
+    dest = validate.writable_dir(args.dest, "export folder")
+    paths = export_study(out, dest, samples=args.samples)
+    print(f"exported {len(paths)} files to {dest}: " + ", ".join(sorted(p for p in paths if "/" not in p)))
+    print(f"rebuild the report from them: diffatlas report {dest}")
     return 0
 
 

@@ -65,6 +65,8 @@ class RunResult:
     draws: dict[tuple[str, str], dict] = field(default_factory=dict)                         # (metric, eval) -> {n, kimg, seeds, values}
     higher_is_better: dict[str, bool] = field(default_factory=dict)                          # metric -> its entries' direction
     sampled: dict[tuple[str, str], dict] = field(default_factory=dict)                       # (metric, eval) -> SAMPLED_FIELDS of the final entry
+    extractor: dict[tuple[str, str], str | None] = field(default_factory=dict)              # (metric, eval) -> feature extractor of the final entry
+    sweep_kimg: dict[tuple[str, str], float] = field(default_factory=dict)                  # (metric, eval) -> kimg of its n sweep
 
     @property
     def id(self) -> str:
@@ -90,6 +92,22 @@ class StudyResults:
     n: int | None
     guided: bool = False            # some evaluation used guidance: "guidance" becomes an axis
     evaluation: dict = field(default_factory=dict)   # the study's evaluation plan as the ledger recorded it
+    # An exported study (study.export) carries its sample grids: (figures as (name, png path, caption), notes);
+    # None: a live study output, whose grids are read from its runs (or sampled) when a report is built.
+    sample_grids: tuple[list[tuple[str, Path, str]], list[str]] | None = None
+
+    def to_csv(self, dest: str | Path, **kwargs) -> dict[str, Path]:
+        """Write these results as plain files (study.export.write_export); returns name -> path."""
+        from .export import write_export
+
+        return write_export(self, dest, **kwargs)
+
+    @classmethod
+    def from_csv(cls, dest: str | Path) -> StudyResults:
+        """The results of an exported study folder (study.export.load_export)."""
+        from .export import load_export
+
+        return load_export(dest)
 
     def records(self, rel_tol: float = 0.05, k: int = 3) -> list[dict]:
         """One record per (run, evaluation setting, metric): final value and convergence kimg."""
@@ -139,6 +157,14 @@ def _is_draw(entry: dict, seed: int, plan: dict | None) -> bool:
         return False
     j, rest = divmod(seed - int(plan["seed"]), int(plan["n"]))
     return rest == 0 and 0 <= j < int(plan["count"])
+
+
+def load_any(out: str | Path) -> StudyResults:
+    """A study output folder (ledger.sqlite) or an exported one (results.csv), whichever `out` is."""
+    out = Path(out)
+    if not (out / "ledger.sqlite").exists() and (out / "results.csv").exists():
+        return StudyResults.from_csv(out)
+    return load_results(out)
 
 
 def load_results(out: str | Path, n: int | None = None) -> StudyResults:
@@ -200,12 +226,14 @@ def load_results(out: str | Path, n: int | None = None) -> StudyResults:
                 curves[key][kimg] = value
                 if kimg >= max(curves[key]):
                     rr.sampled[key] = {f: e[f] for f in SAMPLED_FIELDS if f in e}
+                    rr.extractor[key] = e.get("extractor")
             if e.get("n") is not None:
                 by_n[key][kimg][int(e["n"])] = value
         rr.curves = {k: sorted(v.items()) for k, v in curves.items()}
         for key, per_kimg in by_n.items():
             last = max(per_kimg)
             rr.sweeps[key] = dict(sorted(per_kimg[last].items()))
+            rr.sweep_kimg[key] = last
         for key, per_kimg in draws.items():
             last = max(per_kimg)
             seeds = sorted(per_kimg[last])
