@@ -20,8 +20,9 @@ from test_study import FAKE_STUDY, _write_study, fake_work, no_resolve
 from diffatlas import cli
 from diffatlas.report import write_report
 from diffatlas.report.build import build_report
+from diffatlas.report.export import export_study
 from diffatlas.study import statistics as S
-from diffatlas.study.export import ABSENT, decode, encode, export_study, load_export
+from diffatlas.study.export import ABSENT, decode, encode, load_export
 from diffatlas.study.results import load_results
 from diffatlas.study.runner import Runner
 from diffatlas.study.spec import load_study

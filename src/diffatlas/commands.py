@@ -182,10 +182,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         if axis not in AXES:
             raise UserError(f"unknown axis {axis!r}; choose one of: {', '.join(AXES)}")
         module, attr = AXES[axis]
-        try:
-            reg = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
-            continue
+        reg = getattr(importlib.import_module(module), attr)
         print(f"{axis}:")
         if axis == "networks":
             _list_networks(args.shape)

@@ -6,8 +6,6 @@ object samplers, guidance and metrics see; eps, score and velocity derive from i
 
 from __future__ import annotations
 
-from typing import Protocol
-
 import torch
 from torch import Tensor, nn
 
@@ -17,14 +15,6 @@ from .parameterization import get_parameterization
 
 # Largest sigma_hat the denoiser resolves: the upper clamp of Dynamics.c_noise.
 SIGMA_HAT_MAX = 1e5
-
-
-class DenoiserLike(Protocol):
-    """Anything a sampler can use: a callable x0-estimator with its dynamics attached."""
-
-    dynamics: Dynamics
-
-    def __call__(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor: ...
 
 
 def per_sample(t: Tensor | float, x: Tensor) -> Tensor:
@@ -87,15 +77,3 @@ def eps_from_x0(dynamics: Dynamics, x: Tensor, t: Tensor, x0: Tensor) -> Tensor:
     t = per_sample(t, x).to(x.dtype)
     return (x - append_dims(dynamics.alpha(t), x.ndim) * x0) / append_dims(dynamics.sigma(t), x.ndim)
 
-
-def score_from_x0(dynamics: Dynamics, x: Tensor, t: Tensor, x0: Tensor) -> Tensor:
-    """grad log p_t(x) = (alpha x0 - x) / sigma^2 (Tweedie's formula)."""
-    t = per_sample(t, x).to(x.dtype)
-    return (append_dims(dynamics.alpha(t), x.ndim) * x0 - x) / append_dims(dynamics.sigma(t) ** 2, x.ndim)
-
-
-def velocity_from_x0(dynamics: Dynamics, x: Tensor, t: Tensor, x0: Tensor) -> Tensor:
-    """Probability-flow ODE velocity dx/dt = d_alpha x0 + d_sigma eps (= f x - g^2/2 score)."""
-    t = per_sample(t, x).to(x.dtype)
-    eps = eps_from_x0(dynamics, x, t, x0)
-    return append_dims(dynamics.d_alpha(t), x.ndim) * x0 + append_dims(dynamics.d_sigma(t), x.ndim) * eps

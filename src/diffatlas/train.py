@@ -469,10 +469,8 @@ def _train(cfg: Config, run_dir: Path, *, progress: bool | None, log) -> dict[st
 
 def run_doctor(cfg: Config, ema: nn.Module, dynamics, dataset, run_dir: Path, log=print) -> bool:
     """Check that the trained (EMA) network uses its noise level and class label; record doctor.json."""
-    try:
-        from .doctor import diagnose
-    except ImportError:
-        return True
+    from .doctor import diagnose
+
     gen = torch.Generator().manual_seed(0)
     idx = torch.randperm(len(dataset), generator=gen)[:64]
     x, _ = dataset.get_batch(idx)

@@ -20,16 +20,8 @@ from .cifar import load_cifar10
 from .digits import load_digits_dataset
 from .folder import load_image_folder
 from .idx import load_fashion_mnist, load_mnist, read_idx
-from .toy import (
-    TOY2D_KINDS,
-    ExactDenoiser,
-    GaussianMixture,
-    gaussian,
-    load_gaussian,
-    load_toy2d,
-    sample_toy2d,
-    standard_mixture,
-)
+from .mixture import ExactDenoiser, GaussianMixture, gaussian, standard_mixture
+from .toy import TOY2D_KINDS, load_gaussian, load_toy2d, sample_toy2d
 
 DATASETS: Registry[Callable[..., ImageDataset]] = Registry("dataset")
 

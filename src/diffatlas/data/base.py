@@ -29,7 +29,7 @@ from torch import Tensor
 from ..errors import UserError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .toy import GaussianMixture
+    from .mixture import GaussianMixture
 
 RESIZE_MODES = ("auto", "pad", "resize")
 

@@ -33,7 +33,7 @@ def cmd_guidance_sweep(args: argparse.Namespace) -> int:
     from ..checkpoint import read_dataset_info
     from ..evaluate import evaluation_classifier
     from ..sampling import read_run_config
-    from . import GUIDANCE
+    from .spec import GUIDANCE
     from .sweep import guidance_sweep
 
     GUIDANCE.get(args.kind)

@@ -126,7 +126,7 @@ def guidance_sweep(run_dir: str | Path, kind: str, scales: Sequence[float], *, n
     from ..metrics import load_classifier
     from ..samplers.clip import resolve_clip
     from ..sampling import generate, load_run, run_plan, save_image_grid
-    from . import GUIDANCE, dataset_num_classes, make_guidance, parse_guidance_spec
+    from .spec import GUIDANCE, dataset_num_classes, make_guidance, parse_guidance_spec
 
     GUIDANCE.get(kind)
     if int(n_per_class) < 1:
@@ -154,7 +154,7 @@ def guidance_sweep(run_dir: str | Path, kind: str, scales: Sequence[float], *, n
     seeds = list(range(int(seed), int(seed) + n))
     classifier = None
     if kind == "classifier":
-        from . import resolve_classifier
+        from .spec import resolve_classifier
         classifier = resolve_classifier(run, classifier_dir, device)
     rows: list[dict[str, Any]] = []
     for scale in scales:

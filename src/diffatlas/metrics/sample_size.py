@@ -141,17 +141,3 @@ def plot_sample_size(rows: Sequence[dict[str, Any]], path: str | Path, title: st
     plt.close(fig)
     return list(rows)
 
-
-def sample_size_study(
-    fake_features: Tensor | np.ndarray,
-    fake_logits: Tensor | np.ndarray,
-    reference: FrechetReference,
-    ns: Sequence[int],
-    path: str | Path | None = None,
-    **options: Any,
-) -> list[dict[str, Any]]:
-    """:func:`sample_size_table`, plotted to `path` when given; returns the table rows."""
-    rows = sample_size_table(fake_features, fake_logits, reference, ns, **options)
-    if path is not None:
-        plot_sample_size(rows, path)
-    return rows

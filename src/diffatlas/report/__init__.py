@@ -8,5 +8,6 @@ sampler, log-SNR curves of each run's dynamics and sample grids per configuratio
 """
 
 from .build import build_report, write_report
+from .export import export_study
 
-__all__ = ["build_report", "write_report"]
+__all__ = ["build_report", "export_study", "write_report"]

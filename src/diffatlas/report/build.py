@@ -21,7 +21,8 @@ import numpy as np
 from ..io import atomic_write_bytes, atomic_write_text
 from ..study import statistics as S
 from ..study.convergence import bootstrap_mean_ci
-from ..study.results import StudyResults, load_any
+from ..study.export import load_any
+from ..study.results import StudyResults
 from ..study.spec import short_key
 from . import fairness as FA
 from . import figures as F
@@ -98,7 +99,7 @@ def _convergence_table(res: StudyResults, records: list[dict], metric: str) -> T
                   "settled seeds"], rows)
 
 
-def _sample_grids(res: StudyResults, n: int) -> tuple[list[Figure], list[str]]:
+def sample_grids(res: StudyResults, n: int) -> tuple[list[Figure], list[str]]:
     """One figure per configuration: the run's own samples/*.png if present, else sampled now (first seed):
     an image grid, or a scatter for point data (toy mixtures). Returns (figures, notes on the skipped)."""
     axes = [a for a in res.axes if a != "guidance"]
@@ -295,7 +296,7 @@ def build_report(out: str | Path | StudyResults, samples: int = 16, seed: int = 
         grids = [Figure(name, path.read_bytes(), caption) for name, path, caption in res.sample_grids[0]]
         notes = list(res.sample_grids[1])
     else:
-        grids, notes = _sample_grids(res, samples)
+        grids, notes = sample_grids(res, samples)
     if grids or notes:
         sections.append(Section("Samples", notes, [], grids))
     return res.name, sections

@@ -62,7 +62,7 @@ def _ints(text: str) -> list[int]:
 
 
 def _problem(name: str) -> Any:
-    from ..data.toy import gaussian, standard_mixture
+    from ..data.mixture import gaussian, standard_mixture
     if name == "mixture2d":
         return standard_mixture(2)
     if name == "gaussian64":
@@ -73,7 +73,7 @@ def _problem(name: str) -> Any:
 def _task(prob: str, dn: str, smp_names: list[str], budgets: list[int], n: int, seed: int, start: str
           ) -> tuple[list[dict], list[str]]:
     """One problem x dynamics: every sampler at every budget. Returns (rows, printed table lines)."""
-    from ..data.toy import ExactDenoiser
+    from ..data.mixture import ExactDenoiser
     from ..dynamics import build_dynamics
     from . import SAMPLERS
     from .plan import plan_sampling

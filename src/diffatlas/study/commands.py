@@ -152,7 +152,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_study
+    from ..report.export import export_study
 
     out = _study_or_folder(args.study, args.out)
     dest = validate.writable_dir(args.dest, "export folder")

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.toy import ExactDenoiser, standard_mixture
+from ..data.mixture import ExactDenoiser, standard_mixture
 from ..dynamics import DYNAMICS, build_dynamics
 from ..samplers import sample
 from ..samplers.oracle import random_directions, sliced_wasserstein

@@ -41,7 +41,7 @@ from typing import Any
 from ..errors import UserError
 from ..io import atomic_write_bytes, atomic_write_text, read_text
 from .ledger import RunRow
-from .results import SAMPLED_FIELDS, RunResult, StudyResults
+from .results import SAMPLED_FIELDS, RunResult, StudyResults, load_results
 from .statistics import EVAL_KEY
 
 FORMAT = 1
@@ -224,23 +224,6 @@ def _previous_files(dest: Path) -> set[str]:
             and (len(Path(f).parts) == 1 or Path(f).parts[0] == "samples")}
 
 
-def export_study(out: str | Path, dest: str | Path, samples: int = 16, command: str | None = None) -> dict[str, Path]:
-    """Export the study output folder `out` into `dest`: its results (load_results), its study file
-    and the sample grids its report shows (`samples` images each; sampled from the networks where a
-    run saved none, as the report does)."""
-    from ..report.build import _sample_grids
-    from .results import load_results
-
-    out, dest = Path(out), Path(dest)
-    if dest.resolve() == out.resolve():
-        raise UserError(f"export folder {str(dest)!r} is the study output folder; choose another folder")
-    if (dest / "ledger.sqlite").exists():
-        raise UserError(f"export folder {str(dest)!r} holds a study ledger; choose a folder that is not a study output")
-    res = load_results(out)
-    study_yaml = (out / "study.yaml").read_text() if (out / "study.yaml").is_file() else None
-    return write_export(res, dest, study_yaml=study_yaml, grids=_sample_grids(res, samples), command=command)
-
-
 # ---- reading an export back --------------------------------------------------------------------
 
 def _rows(dest: Path, name: str, needed: tuple[str, ...], required: bool = True) -> list[dict[str, Any]]:
@@ -347,3 +330,10 @@ def load_export(dest: str | Path) -> StudyResults:
     res.sample_grids = (figures, [str(x) for x in meta.get("sample_notes") or []])
     return res
 
+
+def load_any(out: str | Path) -> StudyResults:
+    """A study output folder (ledger.sqlite) or an exported one (results.csv), whichever `out` is."""
+    out = Path(out)
+    if not (out / "ledger.sqlite").exists() and (out / "results.csv").exists():
+        return load_export(out)
+    return load_results(out)

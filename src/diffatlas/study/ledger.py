@@ -343,11 +343,6 @@ class Ledger:
             out[status] = n
         return out
 
-    def remaining(self) -> int:
-        """Runs still to do: pending, running, or failed with attempts left."""
-        return self._db.execute("SELECT COUNT(*) FROM runs WHERE status IN ('pending', 'running') "
-                                "OR (status = 'failed' AND attempts < ?)", (self.max_attempts,)).fetchone()[0]
-
 
 class _Tx:
     """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error): one writer at a time across processes."""

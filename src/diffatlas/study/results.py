@@ -96,19 +96,6 @@ class StudyResults:
     # None: a live study output, whose grids are read from its runs (or sampled) when a report is built.
     sample_grids: tuple[list[tuple[str, Path, str]], list[str]] | None = None
 
-    def to_csv(self, dest: str | Path, **kwargs) -> dict[str, Path]:
-        """Write these results as plain files (study.export.write_export); returns name -> path."""
-        from .export import write_export
-
-        return write_export(self, dest, **kwargs)
-
-    @classmethod
-    def from_csv(cls, dest: str | Path) -> StudyResults:
-        """The results of an exported study folder (study.export.load_export)."""
-        from .export import load_export
-
-        return load_export(dest)
-
     def records(self, rel_tol: float = 0.05, k: int = 3) -> list[dict]:
         """One record per (run, evaluation setting, metric): final value and convergence kimg."""
         recs = []
@@ -157,14 +144,6 @@ def _is_draw(entry: dict, seed: int, plan: dict | None) -> bool:
         return False
     j, rest = divmod(seed - int(plan["seed"]), int(plan["n"]))
     return rest == 0 and 0 <= j < int(plan["count"])
-
-
-def load_any(out: str | Path) -> StudyResults:
-    """A study output folder (ledger.sqlite) or an exported one (results.csv), whichever `out` is."""
-    out = Path(out)
-    if not (out / "ledger.sqlite").exists() and (out / "results.csv").exists():
-        return StudyResults.from_csv(out)
-    return load_results(out)
 
 
 def load_results(out: str | Path, n: int | None = None) -> StudyResults:

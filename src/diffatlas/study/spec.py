@@ -39,7 +39,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -537,6 +537,3 @@ def load_study(path: str | Path) -> Study:
     data = parse_yaml_file(p, "study file")
     return study_from_dict(data, source=str(p), base_dir=p.parent)
 
-
-def with_overrides(study: Study, **changes: Any) -> Study:
-    return replace(study, **changes)

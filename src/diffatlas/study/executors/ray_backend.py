@@ -1,6 +1,6 @@
 """The Ray executor (`pip install 'diffatlas[ray]'`): each run is one Ray actor on a Ray cluster.
 
-The actor asks for the run's CPUs, GPUs and memory, runs `executors.remote.run_job` once and
+The actor asks for the run's CPUs, GPUs and memory, runs `executors.job.run_job` once and
 exits. It is detached and named "<study folder tag>-<run id>" in the namespace "diffatlas":
 Ray ties plain tasks, non-detached actors and method calls to the driver that made them and
 ends them with it, whereas a detached named actor, its creation arguments included, lives on
@@ -21,7 +21,7 @@ from typing import Any
 
 from ...errors import UserError, one_line
 from . import ExecutorSpec
-from .remote import JobPayload, JobState, out_tag, run_job
+from .job import JobPayload, JobState, out_tag, run_job
 
 NAMESPACE = "diffatlas"
 

@@ -1,6 +1,6 @@
 """The Slurm executor, through submitit (`pip install 'diffatlas[slurm]'`).
 
-Each run is one Slurm job (or one element of a job array) running `executors.remote.run_job`
+Each run is one Slurm job (or one element of a job array) running `executors.job.run_job`
 with one task: `--cpus-per-task`, `--gpus-per-node`, `--mem`, `--time`, `--partition`,
 `--account`, `--qos` and any extra sbatch options come from the study's `executor:` section; a
 run with several GPUs trains under torchrun inside its job. submitit writes the sbatch script
@@ -29,7 +29,7 @@ from typing import Any
 
 from ...errors import UserError, one_line
 from . import ExecutorSpec, sbatch_option
-from .remote import ClusterBusy, JobPayload, JobState, out_tag, run_job
+from .job import ClusterBusy, JobPayload, JobState, out_tag, run_job
 
 try:
     import submitit
