@@ -136,7 +136,8 @@ def _plain_records(dest: Path) -> tuple[list[dict], list[dict], list[str]]:
             x["values"].append(float(d["value"]))
     recs = []
     for r in rows:
-        labels = {k: (int(r[k]) if k == "seed" else r[k]) for k in label_keys}
+        # an empty cell: the configuration does not set that axis (e.g. NCSN's levels on a DDPM run)
+        labels = {k: (int(r[k]) if k == "seed" else r[k]) for k in label_keys if r[k] != ""}
         labels[S.EVAL_KEY] = r["evaluation"]
         if guided:
             labels["guidance"] = r["guidance"] if r["guidance"] not in ("", "null") else "none"
@@ -230,3 +231,43 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
     assert len(err) == 1 and "curves.csv" in err[0] and "column" in err[0]
     with pytest.raises(Exception, match="ledger"):
         build_report(tmp_path / "empty")
+
+
+# ---- the committed replication results --------------------------------------------------------------
+
+COMMITTED = Path(__file__).resolve().parent.parent / "results" / "replication-digits"
+
+
+@pytest.mark.skipif(not (COMMITTED / "results.csv").is_file(), reason="no committed results in this checkout")
+def test_committed_report_is_rebuilt_from_the_committed_csvs(tmp_path):
+    """`diffatlas report results/replication-digits` reproduces the committed report.md apart from its
+    date line: nothing in it is hand-edited."""
+    import shutil
+
+    dest = tmp_path / "copy"
+    shutil.copytree(COMMITTED, dest)
+    (dest / "report.md").unlink()
+    assert cli.main(["report", str(dest)]) == 0
+
+    def body(p: Path) -> list[str]:
+        return [line for line in p.read_text().splitlines() if not line.startswith("Generated ")]
+
+    assert body(dest / "report.md") == body(COMMITTED / "report.md")
+
+
+@pytest.mark.skipif(not (COMMITTED / "results.csv").is_file(), reason="no committed results in this checkout")
+def test_committed_verdicts_are_recomputed_from_results_csv():
+    """The verdict column of the committed report follows from results.csv (and draws.csv) alone,
+    read with the csv module, through the statistics the report uses."""
+    meta = json.loads((COMMITTED / "export.json").read_text())
+    recs, sweeps, axes = _plain_records(COMMITTED)
+    again = {v.claim: v.verdict for v in S.verdicts(recs, axes, meta["metrics"], budget=float(meta["budget_kimg"]),
+                                                  sweeps=sweeps)}
+    md = (COMMITTED / "report.md").read_text()
+    table = md.split("## Verdicts on the paper's claims", 1)[1].split("\n## ", 1)[0]
+    committed = {}
+    for row in table.splitlines():
+        cells = [c.strip() for c in row.split("|")]
+        if len(cells) > 3 and cells[2] in S.VERDICTS:
+            committed[cells[1].replace("\\", "")] = cells[2]
+    assert committed and {c.replace("\\", ""): v for c, v in again.items()} == committed
