@@ -289,10 +289,11 @@ def test_multi_gpu_runs_train_under_torchrun(local_reference, tmp_path):
 
 
 def test_cancel_interrupts_local_workers(job_env, tmp_path, capsys):
-    """`study cancel` on a study run by the local executor: its workers give their runs back and stop."""
+    """`study cancel` on a study run by the local executor: its workers give their runs back and stop,
+    also when the study was started in the background with SIGINT ignored (as `cmd &` in a script)."""
     study = _write(tmp_path / "s.yaml", FAKE)
     out = tmp_path / "out"
-    p = _driver(study, out, delay=10.0)  # long enough that a loaded machine cancels it mid-run
+    p = _driver(study, out, delay=3.0, sigint_ignored=True)  # a loaded machine still cancels it mid-run
     _wait_for(lambda: _started(out) == 1, 60, "the first run to start")
     assert cli.main(["study", "cancel", str(out)]) == 0
     assert "and 1 local worker(s)" in capsys.readouterr().out
@@ -453,11 +454,17 @@ Runner(st, Path(sys.argv[2]), work=PacedWork(float(os.environ["FAKE_DELAY"])), r
 """
 
 
-def _driver(study: Path, out: Path, address: str | None = None, delay: float = 0.3) -> subprocess.Popen:
-    """`study run` of a fake-work study in a process of its own (its own process group, to be killed)."""
+def _driver(study: Path, out: Path, address: str | None = None, delay: float = 0.3,
+            sigint_ignored: bool = False) -> subprocess.Popen:
+    """`study run` of a fake-work study in a process of its own (its own process group, to be killed).
+    sigint_ignored: started as a non-interactive shell starts a background job (SIGINT ignored)."""
+    import signal
+
     env = {**os.environ, "FAKE_DELAY": str(delay)}  # the pace of the runs (PacedWork)
+    pre = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
     return subprocess.Popen([sys.executable, "-c", DRIVER, str(study), str(out)] + ([address] if address else []), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=pre)
 
 
 def _started(out: Path) -> int:

@@ -176,9 +176,18 @@ def _set_parent_death_signal() -> None:
             pass
 
 
+def interruptible() -> None:
+    """Make SIGINT raise KeyboardInterrupt in this process even where it was started with SIGINT
+    ignored (a study started in the background by a non-interactive shell, or under nohup, inherits
+    SIG_IGN, and Python then leaves it ignored): `study cancel` interrupts local workers with SIGINT."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _child(out: str, study: Study, work: WorkFn, tag: str, run_ids: list[str], env: dict, threads: int,
            stale_after: float, heartbeat_s: float) -> None:
     _set_parent_death_signal()
+    interruptible()
     os.environ.update(env)
     try:
         import torch
@@ -256,6 +265,7 @@ class Runner:
             RemoteDriver(self.study, self.out, self.executor, work=self.work, stale_after=self.stale_after,
                          **self.driver_options).drive(ids)
         elif self.workers == 1:
+            interruptible()
             worker_loop(self.out, self.study, self.work, run_ids=ids, stale_after=self.stale_after, heartbeat_s=self.heartbeat_s)
         else:
             self._run_processes(ids)
