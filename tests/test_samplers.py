@@ -536,3 +536,14 @@ def test_request_labels():
     assert request_label("ddim", steps=10) == "ddim x10"
     assert request_label("heun", nfe=20, clip="none") == "heun nfe20 clip=none"
     assert request_label("ddim", steps=10, grid="karras", options={"eta": 1.0}) == "ddim x10 karras eta=1.0"
+
+
+def test_every_sampler_states_its_kind():
+    """Reports tell stochastic from ODE samplers through the registry, never by name."""
+    from diffatlas.samplers.base import sampler_kind
+
+    for name in SAMPLERS.names():
+        assert sampler_kind(name, {}) in ("ODE",) or sampler_kind(name, {}).startswith("stochastic ("), name
+    assert sampler_kind("ddim", {"eta": 1.0}).startswith("stochastic") and sampler_kind("ddim", {}) == "ODE"
+    assert sampler_kind("edm", {"S_churn": 40}).startswith("stochastic") and sampler_kind("edm", None) == "unknown"
+    assert sampler_kind("no-such-sampler", {}) == "unknown" and sampler_kind("heun", None) == "ODE"

@@ -28,36 +28,13 @@ from ..study import statistics as S
 NOT_RECORDED = "not recorded"
 FLAG = "FLAG"   # the first word of a flagged comparison's cell
 
-# Samplers that inject fresh noise at every step (Ho et al. 2020; Song et al. 2021; Song & Ermon 2019)
-# and those that integrate the probability-flow ODE (Song et al. 2021, eq. 13; Karras et al. 2022; Lu
-# et al. 2022b). DDIM (Song et al. 2021a) and EDM's sampler (Karras et al. 2022, Alg. 2) are either,
-# by their options.
-STOCHASTIC = {"ancestral": "ancestral", "euler-maruyama": "SDE", "reverse-diffusion": "SDE", "pc": "SDE + Langevin",
-              "langevin": "Langevin"}
-ODE = ("euler", "heun", "dpm-solver++", "rk45")
-
 
 def sampler_kind(sampler: Any, options: dict | None) -> str:
-    """'stochastic (...)', 'ODE' or 'unknown' for a sampler name and its (resolved) options; options
-    None: not recorded, so a sampler that is either by its options (DDIM, EDM) is 'unknown'."""
-    name = str(sampler) if sampler is not None else ""
-    if name in STOCHASTIC:
-        return f"stochastic ({STOCHASTIC[name]})"
-    if name in ODE:
-        return "ODE"
-    if options is None:
-        return "unknown"
-    opts = options
-    try:
-        if name == "ddim":
-            eta = float(opts.get("eta", 0.0))
-            return f"stochastic (DDIM eta={eta:g})" if eta > 0 else "ODE"
-        if name == "edm":
-            churn = float(opts.get("S_churn", 0.0))
-            return f"stochastic (EDM S_churn={churn:g})" if churn > 0 else "ODE"
-    except (TypeError, ValueError):
-        pass
-    return "unknown"
+    """'stochastic (...)', 'ODE' or 'unknown' for a sampler name and its (resolved) options, as the
+    sampler registry states it (samplers.base.sampler_kind); options None: not recorded."""
+    from ..samplers.base import sampler_kind as registered_kind
+
+    return registered_kind(sampler, options)
 
 
 def _is_stochastic(kind: str) -> bool | None:

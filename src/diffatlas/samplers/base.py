@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 import torch
 from torch import Tensor
@@ -53,17 +53,41 @@ Resolve = Callable[[Dynamics, Tensor, dict], dict]
 DEFAULT_GRID = "logsnr"
 
 
+# What a sampler is, for reports: "ODE" (integrates the probability-flow ODE), "stochastic (...)"
+# (fresh noise at every step), or a function of its options for samplers that are either (DDIM, EDM).
+Kind = Union[str, Callable[[dict], str]]
+
+
 def register_sampler(name: str, description: str, steps_for_nfe: StepPlan,
-                     grid: str | None = None, resolve: Resolve | None = None) -> Callable[[Sampler], Sampler]:
+                     grid: str | None = None, resolve: Resolve | None = None,
+                     kind: Kind = "unknown") -> Callable[[Sampler], Sampler]:
     """Register a sampler; attach its NFE plan as `fn.steps_for_nfe`, its preferred grid (or None for
-    DEFAULT_GRID) as `fn.grid` and its option resolver (or None) as `fn.resolve`."""
+    DEFAULT_GRID) as `fn.grid`, its option resolver (or None) as `fn.resolve` and its kind as `fn.kind`."""
     def add(fn: Sampler) -> Sampler:
+        fn.kind = kind  # type: ignore[attr-defined]
         fn.steps_for_nfe = steps_for_nfe  # type: ignore[attr-defined]
         fn.grid = grid  # type: ignore[attr-defined]
         fn.resolve = resolve  # type: ignore[attr-defined]
         fn.sampler_name = name  # type: ignore[attr-defined]
         return SAMPLERS.register(name, description)(fn)
     return add
+
+
+def sampler_kind(name: Any, options: dict | None) -> str:
+    """The kind of a registered sampler with these options (None: not recorded); 'unknown' for a name
+    not registered, or options not recorded for a sampler whose kind depends on them."""
+    try:
+        kind = SAMPLERS.get(str(name)).kind
+    except Exception:  # noqa: BLE001 - an unregistered name (e.g. from an old or foreign record)
+        return "unknown"
+    if not callable(kind):
+        return kind
+    if options is None:
+        return "unknown"
+    try:
+        return kind(options)
+    except (TypeError, ValueError):
+        return "unknown"
 
 
 def _cap(steps: int, max_steps: int | None) -> int:

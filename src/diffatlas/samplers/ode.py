@@ -72,7 +72,7 @@ def _resolve_frame(dynamics: Any, ts: Tensor, options: dict) -> dict:
 
 
 @register_sampler("euler", "Euler steps on the probability-flow ODE, in the process's time or in sigma",
-                  one_nfe_per_step, resolve=_resolve_frame)
+                  one_nfe_per_step, resolve=_resolve_frame, kind="ODE")
 def euler(denoiser: Any, x: Tensor, ts: Tensor, *, generator: torch.Generator | None = None,
           cond: Tensor | None = None, denoise_final: bool = True, frame: str = "auto", **options: Any) -> SampleResult:
     """Euler's method on the probability-flow ODE. NFE = steps (the final denoise is the Euler step to
@@ -97,7 +97,7 @@ def euler(denoiser: Any, x: Tensor, ts: Tensor, *, generator: torch.Generator | 
 
 
 @register_sampler("heun", "Heun's 2nd-order method on the probability-flow ODE (Karras et al. 2022, Alg. 1)",
-                  two_nfe_per_step, resolve=_resolve_frame)
+                  two_nfe_per_step, resolve=_resolve_frame, kind="ODE")
 def heun(denoiser: Any, x: Tensor, ts: Tensor, *, generator: torch.Generator | None = None,
          cond: Tensor | None = None, denoise_final: bool = True, frame: str = "auto", **options: Any) -> SampleResult:
     """Karras et al. (2022) Algorithm 1: every step between two grid points (all with sigma > 0) gets
@@ -123,8 +123,13 @@ def heun(denoiser: Any, x: Tensor, ts: Tensor, *, generator: torch.Generator | N
     return finish(model, c.alpha_s[-1] * x_hat, c.t_s[-1], denoise_final)
 
 
+def _edm_kind(options: dict) -> str:
+    churn = float(options.get("S_churn", 0.0))
+    return f"stochastic (EDM S_churn={churn:g})" if churn > 0 else "ODE"
+
+
 @register_sampler("edm", "EDM stochastic sampler, S_churn/S_min/S_max/S_noise (Karras et al. 2022, Alg. 2)",
-                  two_nfe_per_step)
+                  two_nfe_per_step, kind=_edm_kind)
 def edm(denoiser: Any, x: Tensor, ts: Tensor, *, generator: torch.Generator | None = None, cond: Tensor | None = None,
         denoise_final: bool = True, S_churn: float = 0.0, S_min: float = 0.0, S_max: float = float("inf"),
         S_noise: float = 1.0, **options: Any) -> SampleResult:
@@ -165,7 +170,7 @@ def edm(denoiser: Any, x: Tensor, ts: Tensor, *, generator: torch.Generator | No
 
 
 @register_sampler("dpm-solver++", "DPM-Solver++(2M): multistep 2nd order in log-SNR, data prediction (Lu et al. 2022b)",
-                  one_nfe_per_step)
+                  one_nfe_per_step, kind="ODE")
 def dpm_solver_pp(denoiser: Any, x: Tensor, ts: Tensor, *, generator: torch.Generator | None = None,
                   cond: Tensor | None = None, denoise_final: bool = True, **options: Any) -> SampleResult:
     """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2) with lambda = log(alpha / sigma) (half the log-SNR):
@@ -286,7 +291,7 @@ def _rk45_plan(nfe: int, options: dict, max_steps: int | None = None) -> tuple[i
 
 
 @register_sampler("rk45", "adaptive Dormand-Prince 5(4) on the probability-flow ODE (as Song et al. 2021 use)",
-                  _rk45_plan)
+                  _rk45_plan, kind="ODE")
 def rk45(denoiser: Any, x: Tensor, ts: Tensor, *, generator: torch.Generator | None = None,
          cond: Tensor | None = None, denoise_final: bool = True, rtol: float = 1e-5, atol: float = 1e-5,
          max_nfe: int = 100_000, **options: Any) -> SampleResult:

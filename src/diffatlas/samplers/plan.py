@@ -36,9 +36,10 @@ class Plan:
     steps: int
     options: dict = field(default_factory=dict)
     nfe_budget: int | None = None
+    ts: Tensor | None = field(default=None, compare=False, repr=False)  # the grid, as planned
 
     def times(self, dynamics: Any) -> Tensor:
-        return grid_times(self.grid, dynamics, self.steps)
+        return self.ts if self.ts is not None else grid_times(self.grid, dynamics, self.steps)
 
 
 def grid_times(grid: str, dynamics: Any, steps: int) -> Tensor:
@@ -78,7 +79,7 @@ def plan_sampling(dynamics: Any, sampler: str | None = "auto", steps: int | None
     ts = grid_times(grid, dynamics, steps)
     if fn.resolve is not None:
         opts = fn.resolve(dynamics, ts, opts)
-    return Plan(sampler, grid, steps, opts, nfe or None)
+    return Plan(sampler, grid, steps, opts, nfe or None, ts)
 
 
 def request_label(sampler: str | None = None, steps: int | None = None, nfe: int | None = None,

@@ -134,7 +134,7 @@ def _walk(step: Step, denoiser: Any, x: Tensor, ts: Tensor, generator: torch.Gen
 
 
 @register_sampler("ancestral", "DDPM ancestral sampling through the Gaussian posterior, any grid (Ho et al. 2020, Alg. 2)",
-                  one_nfe_per_step)
+                  one_nfe_per_step, kind="stochastic (ancestral)")
 def ancestral(denoiser: Any, x: Tensor, ts: Tensor, *, generator: torch.Generator | None = None,
               cond: Tensor | None = None, denoise_final: bool = True, **options: Any) -> SampleResult:
     """Ancestral sampling: x_{t_{i+1}} ~ q(x_{t_{i+1}} | x_{t_i}, x0 = D(x_{t_i})).
@@ -149,8 +149,13 @@ def ancestral(denoiser: Any, x: Tensor, ts: Tensor, *, generator: torch.Generato
     return _walk(ancestral_step, denoiser, x, ts, generator, cond, denoise_final)
 
 
+def _ddim_kind(options: dict) -> str:
+    eta = float(options.get("eta", 0.0))
+    return f"stochastic (DDIM eta={eta:g})" if eta > 0 else "ODE"
+
+
 @register_sampler("ddim", "DDIM, option eta (0 = deterministic, 1 = ancestral variance) (Song et al. 2021a)",
-                  one_nfe_per_step)
+                  one_nfe_per_step, kind=_ddim_kind)
 def ddim(denoiser: Any, x: Tensor, ts: Tensor, *, generator: torch.Generator | None = None,
          cond: Tensor | None = None, denoise_final: bool = True, eta: float = 0.0, **options: Any) -> SampleResult:
     """DDIM (Song, Meng & Ermon 2021, eq. 12 and 16) on any grid. eta in [0, 1]: 0 is the deterministic
@@ -166,7 +171,8 @@ def ddim(denoiser: Any, x: Tensor, ts: Tensor, *, generator: torch.Generator | N
     return _walk(step, denoiser, x, ts, generator, cond, denoise_final)
 
 
-@register_sampler("euler-maruyama", "Euler-Maruyama on the reverse-time SDE (Song et al. 2021, eq. 6)", one_nfe_per_step)
+@register_sampler("euler-maruyama", "Euler-Maruyama on the reverse-time SDE (Song et al. 2021, eq. 6)", one_nfe_per_step,
+                  kind="stochastic (SDE)")
 def euler_maruyama(denoiser: Any, x: Tensor, ts: Tensor, *, generator: torch.Generator | None = None,
                    cond: Tensor | None = None, denoise_final: bool = True, **options: Any) -> SampleResult:
     """Euler-Maruyama on dx = [f x - g^2 score] dt + g dw-bar, score = (alpha D - x) / sigma^2.
@@ -182,7 +188,7 @@ def euler_maruyama(denoiser: Any, x: Tensor, ts: Tensor, *, generator: torch.Gen
 
 
 @register_sampler("reverse-diffusion", "reverse-diffusion predictor of the process's discretization (Song et al. 2021, eq. 47)",
-                  one_nfe_per_step)
+                  one_nfe_per_step, kind="stochastic (SDE)")
 def reverse_diffusion(denoiser: Any, x: Tensor, ts: Tensor, *, generator: torch.Generator | None = None,
                       cond: Tensor | None = None, denoise_final: bool = True, **options: Any) -> SampleResult:
     """The reverse-diffusion predictor alone (Song et al. 2021, eq. 47), built from alpha and sigma at the
@@ -233,7 +239,7 @@ def _pc_resolve(dynamics: Any, ts: Tensor, options: dict) -> dict:
 
 
 @register_sampler("pc", "predictor-corrector with the Langevin corrector (Song et al. 2021, Alg. 1-5)", _pc_plan,
-                  resolve=_pc_resolve)
+                  resolve=_pc_resolve, kind="stochastic (SDE + Langevin)")
 def pc(denoiser: Any, x: Tensor, ts: Tensor, *, generator: torch.Generator | None = None, cond: Tensor | None = None,
        denoise_final: bool = True, predictor: str = "reverse-diffusion", snr: float | None = None,
        corrector_steps: int = 1, **options: Any) -> SampleResult:
@@ -305,7 +311,7 @@ def _langevin_resolve(dynamics: Any, ts: Tensor, options: dict) -> dict:
 
 
 @register_sampler("langevin", "annealed Langevin dynamics (Song & Ermon 2019, Algorithm 1)", _langevin_plan,
-                  resolve=_langevin_resolve)
+                  resolve=_langevin_resolve, kind="stochastic (Langevin)")
 def langevin(denoiser: Any, x: Tensor, ts: Tensor, *, generator: torch.Generator | None = None,
              cond: Tensor | None = None, denoise_final: bool = True, n_steps_each: int = 100,
              step_lr: float | None = None, **options: Any) -> SampleResult:
