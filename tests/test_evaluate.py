@@ -272,3 +272,30 @@ def test_bpd_of_an_image_run(run, tmp_path):
     assert e["options"]["divergence"] == "hutchinson" and e["vjps_per_nfe"] == 1 and e["dims"] == 64
     assert (e["sampler"], e["grid"], e["steps"], e["nfe"]) == ("heun", "logsnr", 4, 6)
     assert e["n_real"] == 8 and e["reference_split"] == "test" and e["extractor"] is None and np.isfinite(e["value"])
+
+
+def test_default_guidance_classifier_is_trained_once_per_dataset_and_process(run, clf_dir, tmp_path, monkeypatch):
+    """Runs with the same data and process share one noise-aware classifier (it depends on nothing
+    else): the second run's guided evaluation loads the first one's instead of training its own,
+    and both entries name the same classifier; another process gets its own."""
+    import diffatlas.guidance as G
+
+    calls = []
+
+    def quick(run_dir, out_dir, **kw):
+        calls.append(Path(out_dir).parent)
+        return real(run_dir, out_dir, **{**kw, "steps": 5, "batch": 16})
+
+    real = G.train_noisy_classifier_for
+    monkeypatch.setattr(G, "train_noisy_classifier_for", quick)
+    a, b = _copy(run, tmp_path / "a"), _copy(run, tmp_path / "b")
+    kw = {**SETTING, "n": 8, "metrics": "fid", "snapshots": "last", "extractor_path": clf_dir, "guidance": "classifier:1"}
+    ea, eb = E.evaluate_run(a, **kw), E.evaluate_run(b, **kw)
+    assert len(calls) == 1 and ea[0]["guidance_classifier"] == eb[0]["guidance_classifier"]
+    shared = E.default_noisy_classifier_dir(E.read_run_config(a))
+    assert shared.is_dir() and calls[0] == shared.parent and not (a / E.NOISY_CLASSIFIER_DIR).exists()
+    assert not [p for p in shared.parent.iterdir() if p.name.startswith(".tmp-noisy-")]
+    cfg = E.read_run_config(a)
+    import dataclasses
+    other = dataclasses.replace(cfg, dynamics=dataclasses.replace(cfg.dynamics, name="ncsn", options={}))
+    assert E.default_noisy_classifier_dir(other) != shared

@@ -67,7 +67,7 @@ KEY_FIELDS = ("kimg", "metric", "setting", "sampler", "grid", "steps", "options"
 PRODUCES = {"pr": ("precision", "recall")}
 SAMPLE_BATCH = 256  # samples per generate() call; fixed, because stochastic samplers draw noise per chunk
 REAL_SUBSET_SEED = 0  # the permutation that picks the real images of KID and precision/recall
-NOISY_CLASSIFIER_DIR = "noisy-classifier"  # RUN/<this>: the default guidance classifier of a run
+NOISY_CLASSIFIER_DIR = "noisy-classifier"  # RUN/<this>: a run's own guidance classifier, used when present
 
 LogFn = Callable[[str], Any]
 
@@ -456,31 +456,63 @@ def _sample(denoiser: Any, shape: tuple[int, ...], seeds: list[int], *, sampler:
     return torch.cat(outs), nfe
 
 
+def default_noisy_classifier_dir(cfg: Any) -> Path:
+    """``$DIFFATLAS_CACHE/noisy-classifiers/<dataset>/<dynamics>-<hash>``: where the default noise-aware
+    classifier of classifier guidance lives. It depends only on the run's dataset variant and forward
+    process (and the training recipe, guidance.NOISY_RECIPE), not on the run's network or seed, so
+    every run of a study with the same data and process shares one classifier instead of training
+    its own."""
+    from .guidance.classifier import NOISY_RECIPE, _dynamics_record
+    from .model import make_dynamics
+
+    d = cfg.data
+    record = {"dynamics": _dynamics_record(make_dynamics(cfg), cfg.dynamics.name), "recipe": NOISY_RECIPE,
+              "split": d.split}
+    digest = hashlib.sha256(json.dumps(_json_clean(record), sort_keys=True).encode()).hexdigest()[:12]
+    return (cache_root() / "noisy-classifiers" / data_id(d.name, d.resolution, d.options, d.root, with_root=True)
+            / f"{cfg.dynamics.name}-{digest}")
+
+
+def _train_shared_noisy_classifier(run_dir: Path, final: Path, device: torch.device, log: LogFn) -> None:
+    """Train the noise-aware classifier into `final` once: concurrent evaluations (study workers) wait
+    on a lock file beside it and then load the one the first of them wrote."""
+    import fcntl
+
+    from .guidance import train_noisy_classifier_for
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.parent / f".{final.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if final.is_dir():
+            return
+        log(f"no guidance classifier given: training the noise-aware classifier of this dataset and process "
+            f"into {final} (shared by every run with the same data and process)")
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-noisy-"))
+        try:
+            train_noisy_classifier_for(run_dir, tmp, device=device, log=log)
+            os.rename(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _guidance_classifier(run_dir: Path, cfg: Any, shape: tuple[int, ...], k: int | None, snapshot: Path,
                          classifier_dir: str | Path | None, device: torch.device, log: LogFn) -> tuple[Any, str]:
     """The noise-aware classifier of classifier guidance and its identity (weights hash). Default:
-    RUN/noisy-classifier, trained there first when absent (train_noisy_classifier_for)."""
+    RUN/noisy-classifier when a run has its own, else the shared one of its dataset and process
+    (default_noisy_classifier_dir), trained there first when absent."""
     from types import SimpleNamespace
 
-    from .guidance import resolve_classifier, train_noisy_classifier_for
+    from .guidance import resolve_classifier
     from .metrics.extractors import state_dict_hash
 
     if classifier_dir is None:
-        final = run_dir / NOISY_CLASSIFIER_DIR
-        if not final.is_dir():
+        classifier_dir = run_dir / NOISY_CLASSIFIER_DIR
+        if not classifier_dir.is_dir():
             if not k:
                 raise UserError("classifier guidance needs a labelled dataset; this run's dataset has no classes")
-            log(f"no guidance classifier given: training the noise-aware classifier of this run into {final}")
-            tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=".tmp-noisy-"))
-            try:
-                train_noisy_classifier_for(run_dir, tmp, device=device, log=log)
-                try:
-                    os.rename(tmp, final)
-                except OSError:
-                    pass
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-        classifier_dir = final
+            classifier_dir = default_noisy_classifier_dir(cfg)
+            if not classifier_dir.is_dir():
+                _train_shared_noisy_classifier(run_dir, classifier_dir, device, log)
     probe = SimpleNamespace(shape=shape, num_classes=k, snapshot=snapshot, cfg=cfg)
     clf = resolve_classifier(probe, classifier_dir, device)
     return clf, state_dict_hash(clf.state_dict())
@@ -538,7 +570,8 @@ def evaluate_run(
             Entries record the resolved mode, the budget ("nfe_budget") and the NFE used ("nfe").
         guidance: "classifier:S" or "cfg:W" (guidance.parse_guidance_spec), or None.
         classifier_dir: noise-aware classifier for classifier guidance, or "untrained[:SEED]"; default
-            RUN/noisy-classifier (trained there when absent).
+            RUN/noisy-classifier if the run has one, else the classifier shared by every run with the
+            same dataset and process (default_noisy_classifier_dir; trained there when absent).
         extractor: "classifier" (the dataset's evaluation classifier) or "inception".
         extractor_path: the evaluation classifier's folder, or the Inception weights file.
         seed: first per-sample seed; also seeds the bootstrap and the KID subsets.

@@ -43,6 +43,8 @@ from ..errors import UserError
 from ..networks.layers import Downsample, NoiseEmbedding, ResBlock, num_groups
 
 NOISY_FORMAT = "diffatlas-noisy-classifier-v1"
+# the default training recipe of train_noisy_classifier_for (part of the shared classifier's cache key)
+NOISY_RECIPE = {"steps": 2000, "batch": 128, "lr": 1e-3, "seed": 0, "width": 32}
 NOISY_WEIGHTS = "noisy_classifier.safetensors"
 NOISY_META = "noisy_classifier.json"
 _LOG_2PI = math.log(2 * math.pi)
@@ -363,8 +365,10 @@ def _config_of(run_or_config: str | Path):
     raise UserError(f"{str(p)!r} is neither a run directory nor a config file")
 
 
-def train_noisy_classifier_for(run_or_config: str | Path, out_dir: str | Path, *, steps: int = 2000, batch: int = 128,
-                               lr: float = 1e-3, seed: int = 0, device: str | torch.device = "auto", width: int = 32,
+def train_noisy_classifier_for(run_or_config: str | Path, out_dir: str | Path, *, steps: int = NOISY_RECIPE["steps"],
+                               batch: int = NOISY_RECIPE["batch"], lr: float = NOISY_RECIPE["lr"],
+                               seed: int = NOISY_RECIPE["seed"], device: str | torch.device = "auto",
+                               width: int = NOISY_RECIPE["width"],
                                untrained: bool = False, log: Callable[[str], Any] | None = print
                                ) -> tuple[NoiseAwareClassifier, dict[str, Any]]:
     """Train (or, with untrained=True, only initialise: the misguided control) the noise-aware classifier

@@ -53,7 +53,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clip", help="x0 clipping: auto (static for images), none, static, dynamic or dynamic:P (default: the run's sample.clip)")
     p.add_argument("--guidance", help="classifier:SCALE or cfg:W")
     p.add_argument("--classifier", help="noise-aware classifier folder for classifier guidance, or untrained[:SEED] "
-                                        "(default RUN/noisy-classifier, trained when absent)")
+                                        "(default RUN/noisy-classifier if present, else the one shared by runs with the same data "
+                                        "and process, trained when absent)")
     p.add_argument("--extractor", default="classifier", help="classifier (the dataset's evaluation classifier) or inception")
     p.add_argument("--extractor-path", help="evaluation classifier folder, or Inception weights file")
     p.add_argument("--seed", type=arg(SEED), default=0, help="first per-sample seed (sample i uses seed + i)")
