@@ -547,3 +547,23 @@ def test_every_sampler_states_its_kind():
     assert sampler_kind("ddim", {"eta": 1.0}).startswith("stochastic") and sampler_kind("ddim", {}) == "ODE"
     assert sampler_kind("edm", {"S_churn": 40}).startswith("stochastic") and sampler_kind("edm", None) == "unknown"
     assert sampler_kind("no-such-sampler", {}) == "unknown" and sampler_kind("heun", None) == "ODE"
+
+
+def test_classic_sampler_is_each_process_own():
+    """sampler "classic" resolves to the sampler each process was published with, and a study setting
+    or the CLI may name it; it takes no options (they would differ between processes)."""
+    from diffatlas.config import sampler_options
+    from diffatlas.samplers import SAMPLER_RULES, resolve_sampler
+
+    own = {"ddpm": "ancestral", "ncsn": "langevin", "vp": "pc", "subvp": "pc", "ve": "pc", "edm": "heun", "flow": "euler"}
+    assert set(own) == set(DYNAMICS.names())
+    for name, sampler in own.items():
+        dyn = build_dynamics(name)
+        assert resolve_sampler(dyn, "classic") == sampler and sampler in SAMPLERS.names()
+        assert plan_sampling(dyn, "classic", nfe=20).sampler == sampler
+        r = sample(ExactDenoiser(MIX08, dyn), (8, 2), sampler="classic", nfe=20, dtype=torch.float64, seed=1)
+        assert torch.isfinite(r.x).all() and 0 < r.nfe <= 20
+    assert resolve_sampler(build_dynamics("vp"), "auto") == "heun" and set(SAMPLER_RULES) == {"auto", "classic"}
+    assert sampler_options("classic", {}) == {}
+    with pytest.raises(UserError, match="options need a named sampler"):
+        sampler_options("classic", {"eta": 1.0})

@@ -154,6 +154,8 @@ def test_spec_expansion_ids_and_labels():
     ({"name": "x", "seeds": []}, "seeds"),
     ({"name": "x", "evaluation": {"metrics": []}}, "evaluation.metrics"),
     ({"axes": []}, "name"),
+    ({"name": "x", "evaluation": {"samplers": [{"sampler": "clasic"}]}}, "rk45, auto, classic"),
+    ({"name": "x", "evaluation": {"samplers": [{"sampler": "classic", "options": {"eta": 1}}]}}, "options need a named"),
 ])
 def test_spec_validation(bad, msg):
     with pytest.raises(UserError) as e:
@@ -486,3 +488,27 @@ def test_shipped_studies_pass_plan_validation(name, capsys):
     out = capsys.readouterr()
     assert rc == 0, out.err
     assert "runs =" in out.out
+
+
+def test_classic_and_auto_are_settings_a_study_accepts():
+    st = study_from_dict({"name": "c", "evaluation": {"samplers": [{"sampler": "classic", "nfe": 20}, "auto", "ddim"]}})
+    assert [s.get("sampler") for s in st.evaluation.samplers] == ["classic", "auto", "ddim"]
+
+
+def test_a_changed_evaluation_section_evaluates_finished_runs_again(tmp_path, capsys):
+    """Adding an evaluation setting to a finished study computes only the new entries: the runs are
+    worked again (training returns at once on DONE), the old entries stay as they were."""
+    out = tmp_path / "out"
+    study = {**FAKE_STUDY, "axes": [{"product": {"dynamics.name": ["ddpm", "ncsn"]}}], "seeds": [0]}
+    Runner(study_from_dict(study), out, work=fake_work, resolve=no_resolve).run()
+    logs = sorted(out.glob("runs/*/metrics.jsonl"))
+    before = [p.read_text() for p in logs]
+    assert Runner(study_from_dict(study), out, work=fake_work, resolve=no_resolve).run()["done"] == 2
+    assert [p.read_text() for p in logs] == before and "evaluated again" not in capsys.readouterr().out
+    more = {**study, "evaluation": {**study["evaluation"],
+                                     "samplers": [*study["evaluation"]["samplers"], {"sampler": "euler", "steps": 4}]}}
+    counts = Runner(study_from_dict(more), out, work=fake_work, resolve=no_resolve).run()
+    assert counts["done"] == 2 and "2 finished run(s) are evaluated again" in capsys.readouterr().out
+    for p, old in zip(logs, before):
+        text = p.read_text()
+        assert text.startswith(old) and '"sampler": "euler"' in text[len(old):] and '"heun"' not in text[len(old):]

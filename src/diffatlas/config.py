@@ -87,7 +87,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 
 @dataclass(frozen=True)
 class SampleConfig:
-    sampler: str = "auto"               # auto: the dynamics' own (ancestral for discrete, heun otherwise)
+    sampler: str = "auto"               # auto: ancestral for discrete, heun otherwise; classic: the process's own
     steps: int = 0                      # 0: the process's own T steps (discrete), else 50 (samplers.plan)
     grid: str = "auto"                  # auto: "logsnr" (on a discrete process, snapped to its steps)
     clip: str = "auto"                  # x0 clipping: auto (static for images), none, static, dynamic:P
@@ -334,9 +334,14 @@ SAMPLER_CALL_ARGS = ("denoiser", "x", "ts", "generator", "cond", "denoise_final"
 
 
 def sampler_options(sampler: str, given: dict, label: str = "--option") -> dict:
-    """Options for sampler `sampler` (a SAMPLERS name), checked by :func:`check_options` before any sampling."""
-    from .samplers import SAMPLERS
+    """Options for sampler `sampler` (a SAMPLERS name), checked by :func:`check_options` before any sampling.
+    A rule (auto, classic) names a sampler only per process, so it takes no options."""
+    from .samplers import SAMPLER_RULES, SAMPLERS
 
+    if sampler in SAMPLER_RULES:
+        if given:
+            raise UserError(f"sampler {sampler!r} differs between processes: options need a named sampler")
+        return {}
     return check_options(SAMPLERS.get(sampler), given, "sample", skip=SAMPLER_CALL_ARGS, label=label)
 
 
@@ -380,7 +385,7 @@ def _resolve_registries(cfg: Config, dyn: Any) -> Config:
     """Names and options of the data, network and sampler axes; these registries live in optional modules."""
     from .data import DATASETS
     from .networks import NETWORKS, PRESETS
-    from .samplers import SAMPLERS, auto_sampler, parse_clip, plan_sampling
+    from .samplers import SAMPLERS, parse_clip, plan_sampling, resolve_sampler
     from .schedules import GRIDS
 
     d = cfg.data
@@ -393,7 +398,7 @@ def _resolve_registries(cfg: Config, dyn: Any) -> Config:
                              skip=("in_channels", "resolution", "shape", "num_classes"),
                              fields_too=_own_keys(NetworkConfig))
     s = cfg.sample
-    sampler = auto_sampler(dyn) if s.sampler == "auto" else s.sampler
+    sampler = resolve_sampler(dyn, s.sampler)
     sample_opts = check_options(SAMPLERS.get(sampler), s.options, "sample", skip=SAMPLER_CALL_ARGS,
                                 fields_too=_own_keys(SampleConfig))
     if s.grid != "auto":

@@ -20,7 +20,7 @@ from .errors import UserError
 from .registry import UnknownNameError
 from .model import make_denoiser, make_dynamics, make_network
 from .samplers.clip import clip_denoiser, resolve_clip
-from .samplers.plan import Plan, auto_sampler, grid_times, plan_sampling
+from .samplers.plan import Plan, grid_times, plan_sampling, resolve_sampler
 
 def run_plan(cfg: Config, dynamics: Dynamics, *, sampler: str | None = None, steps: int | None = None,
              grid: str | None = None, options: dict[str, Any] | None = None, nfe: int | None = None) -> Plan:
@@ -32,7 +32,7 @@ def run_plan(cfg: Config, dynamics: Dynamics, *, sampler: str | None = None, ste
 
     s = cfg.sample
     name = sampler or s.sampler
-    name = auto_sampler(dynamics) if name == "auto" else name
+    name = resolve_sampler(dynamics, name)
     if not steps and not nfe:
         steps = s.steps
     opts = sampler_options(name, {**dict(s.options), **dict(options or {})})

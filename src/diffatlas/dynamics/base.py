@@ -36,11 +36,13 @@ class Dynamics:
 
     t_min, t_max   the time range sampled by training and by sampling grids
     steps          number of discrete steps for discrete processes (None for SDEs)
+    classic_sampler  the sampler the process was published with (sampler "classic" in samplers.plan)
     """
 
     t_min: float = 1e-3
     t_max: float = 1.0
     steps: int | None = None
+    classic_sampler: str = "heun"
 
     # ---- what a subclass states -------------------------------------------------------------
     def alpha(self, t: Tensor) -> Tensor:

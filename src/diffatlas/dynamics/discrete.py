@@ -21,6 +21,8 @@ class DDPM(Dynamics):
     """Discrete variance-preserving process: q(x_i | x0) = N(sqrt(alpha_bar_i) x0, (1 - alpha_bar_i) I),
     alpha_bar_i = prod_{j<=i} (1 - beta_j) (Ho et al. 2020, eq. 4). Defaults: T = 1000, linear betas 1e-4..0.02."""
 
+    classic_sampler = "ancestral"  # Ho et al. 2020, Algorithm 2
+
     def __init__(self, steps: int = 1000, schedule: str = "linear", beta_min: float = 1e-4,
                  beta_max: float = 0.02, scale: float = 1.0) -> None:
         if steps < 2:
@@ -74,6 +76,8 @@ class DDPM(Dynamics):
 class NCSN(Dynamics):
     """Discrete variance-exploding process with L geometric noise levels sigma_1 > ... > sigma_L
     (Song & Ermon 2019: sigma_1 = 1, sigma_L = 0.01, L = 10). x_i = x0 + sigma_i eps; alpha = 1."""
+
+    classic_sampler = "langevin"  # annealed Langevin dynamics, Song & Ermon 2019, Algorithm 1
 
     def __init__(self, levels: int = 10, sigma_min: float = 0.01, sigma_max: float = 1.0) -> None:
         if levels < 2 or not 0 < sigma_min < sigma_max:

@@ -33,6 +33,8 @@ class _LinearBeta:
 class VPSDE(_LinearBeta, Dynamics):
     """dx = -1/2 beta(t) x dt + sqrt(beta(t)) dw (Song et al. 2021, eq. 11): sigma^2 = 1 - alpha^2."""
 
+    classic_sampler = "pc"  # predictor-corrector, Song et al. 2021, Algorithms 2-3
+
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3) -> None:
         self.beta_min, self.beta_max, self.t_min, self.t_max = float(beta_min), float(beta_max), float(t_min), 1.0
 
@@ -56,6 +58,8 @@ class VPSDE(_LinearBeta, Dynamics):
 class SubVPSDE(_LinearBeta, Dynamics):
     """dx = -1/2 beta x dt + sqrt(beta(t)(1 - e^{-2 int beta})) dw (Song et al. 2021, eq. 12): sigma = 1 - alpha^2."""
 
+    classic_sampler = "pc"  # predictor-corrector, Song et al. 2021
+
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3) -> None:
         self.beta_min, self.beta_max, self.t_min, self.t_max = float(beta_min), float(beta_max), float(t_min), 1.0
 
@@ -71,6 +75,8 @@ class SubVPSDE(_LinearBeta, Dynamics):
 
 class VESDE(Dynamics):
     """dx = sqrt(d sigma^2/dt) dw with sigma(t) = sigma_min (sigma_max/sigma_min)^t (Song et al. 2021, eq. 9)."""
+
+    classic_sampler = "pc"  # predictor-corrector, Song et al. 2021, Algorithm 2
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, t_min: float = 1e-5) -> None:
         if not 0 < sigma_min < sigma_max:
@@ -100,6 +106,8 @@ class VESDE(Dynamics):
 
 class EDM(Dynamics):
     """sigma(t) = t, alpha = 1 (Karras et al. 2022, Table 1); training sigma ~ log-normal(P_mean, P_std)."""
+
+    classic_sampler = "heun"  # Karras et al. 2022, Algorithm 1
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, p_mean: float = -1.2,
                  p_std: float = 1.2) -> None:
@@ -132,6 +140,8 @@ class EDM(Dynamics):
 
 class RectifiedFlow(Dynamics):
     """x_t = (1 - t) x0 + t eps: the straight path of rectified flow / flow matching."""
+
+    classic_sampler = "euler"  # Euler on the flow ODE, Liu et al. 2022
 
     def __init__(self, t_min: float = 1e-3) -> None:
         self.t_min, self.t_max = float(t_min), 1.0

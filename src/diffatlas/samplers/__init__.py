@@ -19,7 +19,7 @@ from .ode import dpm_solver_pp, edm, euler, heun, rk45
 from .external import EpsModelDenoiser, TabulatedDDPM, X0FnDenoiser, from_eps_model, from_x0_fn
 from .api import prior_from_seeds, sample
 from .clip import CLIP_MODES, ClippedDenoiser, clip_denoiser, parse_clip, resolve_clip
-from .plan import DEFAULT_CONTINUOUS_STEPS, Plan, auto_sampler, plan_sampling
+from .plan import DEFAULT_CONTINUOUS_STEPS, SAMPLER_RULES, Plan, auto_sampler, plan_sampling, resolve_sampler
 
 
 def get_sampler(name: str):
@@ -32,4 +32,4 @@ __all__ = ["SAMPLERS", "SampleResult", "GridCoefficients", "check_grid", "defaul
            "reverse_diffusion", "dpm_solver_pp", "edm", "euler", "heun", "rk45", "from_eps_model", "from_x0_fn",
            "EpsModelDenoiser", "TabulatedDDPM", "X0FnDenoiser", "prior_from_seeds", "sample", "CLIP_MODES",
            "ClippedDenoiser", "clip_denoiser", "parse_clip", "resolve_clip", "DEFAULT_CONTINUOUS_STEPS", "Plan",
-           "auto_sampler", "plan_sampling"]
+           "SAMPLER_RULES", "auto_sampler", "plan_sampling", "resolve_sampler"]

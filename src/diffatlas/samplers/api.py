@@ -11,7 +11,7 @@ from torch import Tensor
 from ..errors import UserError
 from .base import SAMPLERS, SampleResult
 from .clip import clip_denoiser, resolve_clip
-from .plan import auto_sampler, plan_sampling
+from .plan import plan_sampling, resolve_sampler
 
 
 def prior_from_seeds(dynamics: Any, shape: Sequence[int], seeds: Sequence[int], dtype: torch.dtype = torch.float32,
@@ -36,7 +36,7 @@ def sample(denoiser: Any, shape: Sequence[int], *, sampler: str = "heun", steps:
         denoiser: D(x, t, cond) -> x0 with `.dynamics` (a Denoiser, an ExactDenoiser, or a wrapper
             from `from_x0_fn` / `from_eps_model`).
         shape: (N, *sample_shape).
-        sampler: a SAMPLERS name ("auto": the process's own, see samplers.plan).
+        sampler: a SAMPLERS name, or "auto" (the default) or "classic" (the process's own), see samplers.plan.
         steps: grid points (see each sampler for its NFE); or nfe: a budget of denoiser evaluations,
             spent by the sampler's own plan; neither: the default (samplers.plan.plan_sampling).
         grid: a GRIDS name, an explicit decreasing time tensor, or None for the default ("logsnr").
@@ -56,7 +56,7 @@ def sample(denoiser: Any, shape: Sequence[int], *, sampler: str = "heun", steps:
     seeds = list(range(int(seed), int(seed) + shape[0])) if seeds is None else [int(s) for s in seeds]
     if isinstance(grid, Tensor):
         ts = grid
-        sampler = auto_sampler(dynamics) if sampler == "auto" else sampler
+        sampler = resolve_sampler(dynamics, sampler)
         if nfe:
             raise UserError("an explicit time grid fixes the steps: give no NFE budget with it")
     else:

@@ -4,6 +4,9 @@ One function decides for every caller (the sample and evaluate commands, study s
 experiment, configs), so a default is the same wherever it applies:
 
 - sampler "auto": ancestral on a discrete process (Ho et al. 2020's own sampler), heun otherwise;
+  sampler "classic": the process's own published sampler (Dynamics.classic_sampler: ancestral for
+  DDPM, annealed Langevin for NCSN, predictor-corrector for the VP, sub-VP and VE SDEs, heun for
+  EDM, euler for rectified flow), so that "each process with its own sampler" is one setting;
 - grid "auto": the sampler's default grid, "logsnr" for every sampler and process (samplers.base);
 - steps: explicit grid points; or from an NFE budget by the sampler's own plan (`steps_for_nfe`), so
   that NFE-matched comparisons give every process the same budget; or by default the process's own
@@ -52,14 +55,40 @@ def grid_times(grid: str, dynamics: Any, steps: int) -> Tensor:
         raise UserError(f"grid {grid!r} with {steps} steps: {e}") from None
 
 
+# Sampler names that are rules resolved per process rather than registry entries.
+SAMPLER_RULES = {"auto": "the default: ancestral on a discrete process, heun otherwise",
+                 "classic": "the process's own published sampler (ancestral, langevin, pc, heun or euler)"}
+
+
 def auto_sampler(dynamics: Any) -> str:
     return "ancestral" if dynamics.steps is not None else "heun"
+
+
+def resolve_sampler(dynamics: Any, name: str | None) -> str:
+    """A sampler name or rule (SAMPLER_RULES) as the SAMPLERS name it means for `dynamics`."""
+    if name in (None, "auto"):
+        return auto_sampler(dynamics)
+    if name == "classic":
+        return str(getattr(dynamics, "classic_sampler", None) or auto_sampler(dynamics))
+    return str(name)
+
+
+def check_sampler_name(name: str) -> str:
+    """`name` if it is a SAMPLERS name or a rule (auto, classic); else the registry's error listing both."""
+    if name in SAMPLER_RULES:
+        return name
+    try:
+        SAMPLERS.get(name)
+    except UnknownNameError:
+        choices = ", ".join([*SAMPLERS.names(), *SAMPLER_RULES])
+        raise UnknownNameError(f"unknown sampler {name!r}; choose one of: {choices}") from None
+    return name
 
 
 def plan_sampling(dynamics: Any, sampler: str | None = "auto", steps: int | None = None, grid: str | None = "auto",
                   options: dict | None = None, nfe: int | None = None) -> Plan:
     """Resolve a sampling request (None / "auto" / 0 mean: the default) into a Plan."""
-    sampler = auto_sampler(dynamics) if sampler in (None, "auto") else sampler
+    sampler = resolve_sampler(dynamics, sampler)
     fn = SAMPLERS.get(sampler)
     opts = dict(options or {})
     steps = int(steps or 0)

@@ -311,6 +311,12 @@ class Ledger:
             return db.execute("UPDATE runs SET heartbeat = ? WHERE worker = ? AND status = 'running'",
                               (time.time(), worker)).rowcount
 
+    def reopen_done(self) -> int:
+        """Make done runs pending again without counting an attempt (the study's evaluation changed:
+        training finds its DONE record and returns, evaluation computes only the missing entries)."""
+        with self._tx() as db:
+            return db.execute("UPDATE runs SET status = 'pending', worker = NULL WHERE status = 'done'").rowcount
+
     def reset_failed(self) -> int:
         """Make failed runs eligible again (attempts back to 0)."""
         with self._tx() as db:

@@ -12,6 +12,7 @@ on CPU each worker uses cores // K threads (torch.set_num_threads).
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import signal
@@ -46,7 +47,7 @@ def default_out(study: Study) -> Path:
 
 
 def prepare(study: Study, out: Path, resolve: Callable[[Any], Any] | None = None,
-            stale_after: float = 600.0) -> tuple[Ledger, list]:
+            stale_after: float = 600.0, log: Callable[[str], Any] | None = None) -> tuple[Ledger, list]:
     """Expand and validate the study first (nothing is written on a bad study), then open the
     ledger and add the runs not in it yet."""
     runs = study.runs(resolve)
@@ -67,7 +68,14 @@ def prepare(study: Study, out: Path, resolve: Callable[[Any], Any] | None = None
                     for r in runs if r.config.train.tensorboard])
     ledger.set_meta("study_name", study.name)
     ledger.set_meta("run_ids", [r.id for r in runs])
-    ledger.set_meta("evaluation", asdict(study.evaluation))
+    evaluation = json.loads(json.dumps(asdict(study.evaluation), default=str))
+    before = ledger.get_meta("evaluation")
+    if before is not None and before != evaluation:
+        reopened = ledger.reopen_done()
+        if reopened and log is not None:
+            log(f"the study's evaluation section changed: {reopened} finished run(s) are evaluated again "
+                "(training is not repeated; entries already in each metrics.jsonl are not recomputed)")
+    ledger.set_meta("evaluation", evaluation)
     ledger.set_meta("budget_kimg", study.budget_kimg)
     return ledger, runs
 
@@ -249,7 +257,7 @@ class Runner:
 
     def run(self) -> dict:
         """Do every run not done yet; returns the ledger's status counts."""
-        ledger, runs = prepare(self.study, self.out, self.resolve, self.stale_after)
+        ledger, runs = prepare(self.study, self.out, self.resolve, self.stale_after, log=lambda m: print(m, flush=True))
         if self.retry_failed:
             ledger.reset_failed()
         ids = [r.id for r in runs]

@@ -356,7 +356,8 @@ def _parse_sampler_setting(s: Any, j: int) -> dict:
     """One evaluation setting, every name and number checked now (not after the runs are trained)."""
     from ..config import sampler_options
     from ..guidance import parse_guidance_spec
-    from ..samplers import SAMPLERS, parse_clip
+    from ..samplers import parse_clip
+    from ..samplers.plan import check_sampler_name
     from ..schedules import GRIDS
 
     where = f"evaluation.samplers[{j}]"
@@ -377,7 +378,10 @@ def _parse_sampler_setting(s: Any, j: int) -> dict:
             raise UserError(f"{where}: {e}") from None
         out["guidance"] = str(s["guidance"])
     if s.get("sampler") is not None:
-        out["sampler"] = _registry_name(SAMPLERS, s["sampler"], f"{where}.sampler")
+        try:
+            out["sampler"] = check_sampler_name(s["sampler"])
+        except UnknownNameError as e:
+            raise UserError(f"{where}.sampler: {e}") from None
     if s.get("steps") is not None:
         out["steps"] = int(validate.number(s["steps"], f"{where}.steps", STEPS))
     if s.get("nfe") is not None:
@@ -389,7 +393,7 @@ def _parse_sampler_setting(s: Any, j: int) -> dict:
     if s.get("options") is not None:
         if not isinstance(s["options"], dict):
             raise UserError(f"{where}.options must be a mapping of sampler options, got {s['options']!r}")
-        if out.get("sampler") in (None, "auto"):
+        if out.get("sampler") in (None, "auto", "classic"):
             raise UserError(f"{where}: options need a named sampler (options differ between samplers)")
         try:
             out["options"] = sampler_options(out["sampler"], s["options"], label=f"{where}.options")
