@@ -11,8 +11,9 @@
 * sweeps.csv: the n sweep of each curve at its last snapshot (n, kimg, value), if any;
 * draws.csv: the independent draws (evaluation.draws) at their last snapshot (n, kimg, draw_seed,
   value), if any;
-* runs.csv: every run of the study: id, labels, status, attempts, error, folder and resolved config
-  (JSON);
+* runs.csv: every run of the study: id, labels, status, attempts, error, folder, resolved config
+  (JSON) and its facts (JSON, study.results.run_facts: parameters, data shape, device, training wall
+  seconds, start and finish; older exports lack the column);
 * export.json: what the files hold (study name, axes, metrics, n, budget, evaluation plan) and the
   sample grids of the report (samples/*.png, with their captions);
 * study.yaml: the study file as run; provenance.json: the command, the code's git commit, the
@@ -53,7 +54,8 @@ CURVES_TAIL = ("n", "kimg", "value")
 SWEEPS_TAIL = ("n", "kimg", "value")
 DRAWS_TAIL = ("n", "kimg", "draw_seed", "value")
 RUNS_TAIL = ("position", "status", "attempts", "error", "run_dir", "config")
-FIXED = {"run", "evaluation", "metric", *RESULTS_TAIL, *DRAWS_TAIL, *RUNS_TAIL}
+RUNS_OPTIONAL = ("facts",)        # absent from exports written before it was recorded
+FIXED = {"run", "evaluation", "metric", *RESULTS_TAIL, *DRAWS_TAIL, *RUNS_TAIL, *RUNS_OPTIONAL}
 assert set(SAMPLING) == set(SAMPLED_FIELDS)
 ABSENT = object()
 
@@ -186,9 +188,9 @@ def write_export(res: StudyResults, dest: str | Path, *, study_yaml: str | None 
              for r in res.runs for (m, ev), d in r.draws.items() for s, v in zip(d["seeds"], d["values"])]
     if draws:
         put("draws.csv", _csv_text(ident + ["evaluation", "metric", *DRAWS_TAIL], draws))
-    put("runs.csv", _csv_text(ident + list(RUNS_TAIL), [
+    put("runs.csv", _csv_text(ident + list(RUNS_TAIL) + list(RUNS_OPTIONAL), [
         _ident(r, keys) + [r.row.position, r.row.status, r.row.attempts, r.row.error, _relative(r.row.run_dir, res.out),
-                           r.row.config] for r in res.runs]))
+                           r.row.config, r.facts] for r in res.runs]))
     figures, notes = grids
     samples = []
     pngs: dict[str, bytes] = {}
@@ -282,6 +284,11 @@ def load_export(dest: str | Path) -> StudyResults:
         rr = RunResult(RunRow(rid, int(_num(row, "position", "runs.csv", int)), str(row["status"]),
                               int(_num(row, "attempts", "runs.csv", int)), None, None, None, None,
                               None if err in (ABSENT, None) else str(err), str(dest / str(row["run_dir"])), config, labels))
+        facts = row.get("facts", ABSENT)
+        if facts not in (ABSENT, None):
+            if not isinstance(facts, dict):
+                raise UserError(f"{str(dest / 'runs.csv')!r}: run {rid!r} has unreadable facts; the file is damaged")
+            rr.facts = facts
         runs[rid] = rr
 
     def run_of(row: dict, name: str) -> tuple[RunResult, tuple[str, str]]:
