@@ -123,13 +123,16 @@ def _relative(run_dir: str, out: Path) -> str:
 
 
 def git_commit(where: Path | None = None) -> dict:
-    """The git commit of the code (the package's own checkout) and whether tracked files differ from it."""
+    """The git commit of the code (the package's own checkout) and whether the code's tracked files (the
+    package and pyproject.toml; not results, which an export itself may be rewriting) differ from it."""
     where = where or Path(__file__).resolve().parents[3]
+    package = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False)
         if head.returncode != 0:
             return {"commit": None, "dirty": None}
-        dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
+        code = [str(p) for p in (package, Path(where) / "pyproject.toml") if p.exists()]
+        dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no", "--", *code],
                                capture_output=True, text=True, timeout=30, check=False)
         return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip()) if dirty.returncode == 0 else None}
     except (OSError, subprocess.SubprocessError):
