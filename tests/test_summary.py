@@ -324,3 +324,28 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert cli.main(["report", str(ORIGINAL), str(bad), "-o", str(out)]) == 2
     _one_line_error(capsys, "arm")
     assert not out.exists()
+
+
+SUMMARY = RESULTS / "replication"
+
+
+@pytest.mark.skipif(not (SUMMARY / "summary.json").is_file(), reason="no committed summary in this checkout")
+def test_committed_summary_is_rebuilt_from_its_parts(tmp_path, monkeypatch):
+    """`diffatlas report PART ... -o results/replication`, run on copies of the parts summary.json names,
+    reproduces the committed summary apart from its date line: nothing in it is hand-edited."""
+    meta = json.loads((SUMMARY / "summary.json").read_text())
+    root = tmp_path / "results"
+    names = []
+    for rel in meta["parts"]:
+        src = (SUMMARY / rel).resolve()
+        shutil.copytree(src, root / src.name)
+        names.append(str(root / src.name))
+    _no_sampling(monkeypatch)
+    out = root / SUMMARY.name
+    assert cli.main(["report", *names, "-o", str(out)]) == 0
+
+    def body(p: Path) -> list[str]:
+        return [line for line in p.read_text().splitlines() if not line.startswith("Generated ")]
+
+    assert body(out / "report.md") == body(SUMMARY / "report.md")
+    assert json.loads((out / "summary.json").read_text()) == meta

@@ -368,6 +368,15 @@ def convergence_text(res: Any, records: Sequence[dict]) -> str | None:
     return text
 
 
+def duration(seconds: float) -> str:
+    """A duration in the unit that reads best: seconds, minutes or hours."""
+    if seconds < 120:
+        return f"{seconds:.3g} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.3g} min"
+    return f"{seconds / 3600:.3g} h"
+
+
 def compute_text(res: Any) -> str:
     facts = [r.facts for r in res.runs if r.facts]
     if not facts:
@@ -381,15 +390,25 @@ def compute_text(res: Any) -> str:
         text += f" with torch {', '.join(torch)}"
     walls = [f["train_wall_s"] for f in facts if isinstance(f.get("train_wall_s"), (int, float))]
     if walls:
-        text += (f"; training took {stats.median(walls):.3g} s per run (median; {sum(walls) / 3600:.3g} h over "
+        text += (f"; training took {duration(stats.median(walls))} per run (median; {duration(sum(walls))} over "
                  f"{len(walls)} runs)")
     spans = [(f["started"], f["finished"]) for f in facts if isinstance(f.get("started"), (int, float))
              and isinstance(f.get("finished"), (int, float))]
     if spans:
         wall = max(b for _, b in spans) - min(a for a, _ in spans)
-        text += (f"; the runs took {sum(b - a for a, b in spans) / 3600:.3g} h of worker time (training and "
-                 f"evaluation), {wall / 3600:.3g} h of wall time from the first start to the last finish")
+        text += (f"; the runs took {duration(sum(b - a for a, b in spans))} of worker time (training and "
+                 f"evaluation), {duration(wall)} of wall time from the first start to the last finish")
     return text + "."
+
+
+def wall_time_text(res: Any) -> str:
+    """The study's wall time from its runs' recorded start and finish, or that it is not recorded."""
+    spans = [(r.facts["started"], r.facts["finished"]) for r in res.runs
+             if isinstance(r.facts.get("started"), (int, float)) and isinstance(r.facts.get("finished"), (int, float))]
+    if not spans:
+        return "wall time not recorded"
+    wall = max(b for _, b in spans) - min(a for a, _ in spans)
+    return f"wall time {duration(wall)} from the first run's start to the last run's finish ({len(spans)} runs)"
 
 
 def multiplicity_text(verdicts: Sequence[S.Verdict]) -> str:

@@ -274,7 +274,10 @@ def _machine(prov: dict) -> str:
 def provenance_line(part: Part) -> str:
     prov = part.provenance
     date = f"exported {prov['date']}" if prov.get("date") else "export date not recorded"
-    return (f"{part.label}: {_commit(prov)}, {date} on {_machine(prov)}. {FI.compute_text(part.res)}")
+    devices = sorted({r.facts["device"] + (f" ({r.facts['gpu']})" if r.facts.get("gpu") else "")
+                      for r in part.res.runs if r.facts.get("device")})
+    trained = f"trained on {', '.join(devices)}" if devices else "training device not recorded"
+    return f"{part.label}: {_commit(prov)}, {date} on {_machine(prov)}; {trained}; {FI.wall_time_text(part.res)}."
 
 
 def _relative(target: Path, start: Path) -> str:
@@ -398,8 +401,9 @@ def build_summary(paths: Sequence[str | Path], out: str | Path, seed: int = 0) -
                    "experiments: a claim decided in one is a statement about that part's setting.")
     sections.append(Section("Threats to validity", threats))
 
-    sections.append(Section("Provenance", ["Per part: the code's commit and the machine recorded by its export, and "
-                                           "the compute its runs recorded."] +
+    sections.append(Section("Provenance", ["Per part: the code's commit and the machine its export recorded, the "
+                                           "device its runs trained on and the study's wall time from the ledger's "
+                                           "start and finish of its runs."] +
                             [provenance_line(p) for p in parts]))
     return name, sections, parts
 
