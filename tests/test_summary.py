@@ -172,6 +172,10 @@ def _v(word: str, claim: str = S.CLAIM_SDE) -> S.Verdict:
     (("supported", S.NO_DIFFERENCE), ("original", "harmonised"), "supported"),    # the original arm replicates
     ((S.NO_DIFFERENCE, "supported"), ("original", "harmonised"), S.NO_DIFFERENCE),
     (("supported", "contradicted"), (None, None), S.INCONCLUSIVE),     # disagreeing parts, no arm to decide
+    # three parts: the two arms and a part for guidance and size
+    ((S.UNTESTED, S.UNTESTED, "supported"), ("original", "harmonised", None), "supported"),
+    (("supported", S.NO_DIFFERENCE, S.UNTESTED), ("original", "harmonised", None), "supported"),
+    ((S.INCONCLUSIVE, S.INCONCLUSIVE, "supported"), ("original", "harmonised", None), S.INCONCLUSIVE),
 ])
 def test_decision_comes_from_the_parts_that_test_the_claim(words, arms, decision):
     parts = [_part(f"p{i}", {S.CLAIM_SDE: _v(w)}, arm) for i, (w, arm) in enumerate(zip(words, arms))]

@@ -108,7 +108,11 @@ def detectable_text(v: S.Verdict) -> str | None:
         det = c.detectable
         if not math.isfinite(det):
             return None
-        units = f" = {det * c.sd:.3g} {'relative gain' if v.claim == S.CLAIM_SIZE else c.metric}" if c.sd > 0 else ""
+        if c.sd > 0:
+            units = (f" = {det * c.sd * 100:.3g} percentage points of relative gain" if v.claim == S.CLAIM_SIZE
+                     else f" = {det * c.sd:.3g} {c.metric}")
+        else:
+            units = ""
         return (f"the smallest effect this design detects with {S.POWER:.0%} power is d_z {det:.2g}{units} "
                 f"(at Holm's strictest level, alpha {c.alpha_bar:.3g})")
     e = v.effect
@@ -195,7 +199,8 @@ def claim_paragraph(v: S.Verdict, family: int, seeds: int | None = None, named: 
         parts.append(f"Effect: {eff}.")
     p = (f"p = {v.p_adj:.3g} after the Holm correction over the {family} claim(s) this study decides"
          if math.isfinite(v.p_adj) else "no p-value")
-    if v.lean in ("supported", "contradicted") and not v.robust and v.verdict == v.undecided:
+    if (v.lean in ("supported", "contradicted") and not v.robust and v.verdict == v.undecided
+            and math.isfinite(v.p_adj) and v.p_adj < S.ALPHA):
         p += " (the sign-flip check of the leading direction failed)"
     of = f", {seeds} seeds per configuration" if seeds else ""
     parts.append(f"{p}; {v.n} {v.unit}{of}.")
@@ -235,6 +240,7 @@ def _shape_text(shape: Sequence[int] | None) -> str:
 def scale_text(res: Any) -> str:
     """Datasets with their shapes, networks with their widths and parameter counts, the training budget."""
     data, nets, batches = [], [], []
+    several = len({str(((r.row.config or {}).get("data") or {}).get("name")) for r in res.runs}) > 1
     for r in res.runs:
         cfg = r.row.config or {}
         d, n, f = cfg.get("data") or {}, cfg.get("network") or {}, r.facts
@@ -248,7 +254,8 @@ def scale_text(res: Any) -> str:
         data.append(f"{d.get('name', '?')} at {where}")
         opts = ", ".join(f"{k}={v}" for k, v in sorted((n.get("options") or {}).items()))
         params = f"{f['params']:,} parameters" if isinstance(f.get("params"), int) else "parameters not recorded"
-        nets.append(f"{n.get('preset', '?')}" + (f" ({opts})" if opts else "") + f": {params}")
+        on = f" on {d.get('name', '?')}" if several else ""
+        nets.append(f"{n.get('preset', '?')}" + (f" ({opts})" if opts else "") + f"{on}: {params}")
         if (cfg.get("train") or {}).get("batch") is not None:
             batches.append(str(cfg["train"]["batch"]))
     budget = f"{res.budget_kimg:g} kimg (thousand training images seen)" if res.budget_kimg else "a budget not recorded"
