@@ -600,6 +600,14 @@ CASES: list[Case] = [
         (w.tmp / "exp").mkdir(), (w.tmp / "exp" / "results.csv").write_text("run\n"),
         (w.tmp / "exp" / "export.json").write_text('{"label_columns": [], "name": "x", "axes": [], "metrics": []}'),
         (w.tmp / "exp" / "runs.csv").write_text("run,position\n")), "column"),
+    Case("report-summary-without-out", "report {tmp}/a {tmp}/b", expect="--out"),
+    Case("report-summary-not-an-export", "report {tmp}/a {tmp}/b -o {tmp}/s", lambda w: (
+        (w.tmp / "a").mkdir(), (w.tmp / "b").mkdir()), "results.csv"),
+    Case("report-summary-of-a-study-folder", "report {study} {tmp}/b -o {tmp}/s", expect="export"),
+    Case("report-summary-part-twice", "report {tmp}/a {tmp}/a -o {tmp}/s", lambda w: (
+        (w.tmp / "a").mkdir(), (w.tmp / "a" / "results.csv").write_text("run\n")), "twice"),
+    Case("report-summary-damaged-part", "report {tmp}/a {tmp}/b -o {tmp}/s", lambda w: [
+        ((w.tmp / d).mkdir(), (w.tmp / d / "results.csv").write_text("run\n")) for d in ("a", "b")], "export.json"),
     Case("quickstart-workers-zero", "quickstart --workers 0 --out {tmp}/q", expect="--workers"),
     Case("quickstart-workers-huge", "quickstart --workers 1000000 --out {tmp}/q", expect="--workers"),
     Case("quickstart-out-in-file", "quickstart --out {file}/q", expect="is a file"),

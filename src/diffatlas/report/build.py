@@ -12,6 +12,7 @@ import html
 import json
 import re
 import time
+import urllib.parse
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from ..study.results import StudyResults
 from ..study.spec import short_key
 from . import fairness as FA
 from . import figures as F
+from . import findings as FI
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Section:
     text: list[str] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
+    links: list[tuple[str, str]] = field(default_factory=list)   # (text, relative address), listed after the text
 
 
 def _fmt(v: float | None, digits: int = 4) -> str:
@@ -215,11 +218,26 @@ def _fairness_section(res: StudyResults, checks: list[FA.Check]) -> Section:
     return Section("Fairness of the comparisons", text, sections_tables)
 
 
+def analyse(res: StudyResults, seed: int = 0) -> tuple[list[dict], list[S.Verdict], list[S.Comparison], list[FA.Check]]:
+    """A study's records, its verdict table, every pairwise comparison and the fairness checks of both:
+    what a report (and the replication summary) is written from."""
+    records = res.records()
+    verdicts = S.verdicts(records, res.axes, res.metrics, budget=res.budget_kimg, sweeps=res.sweeps(), seed=seed)
+    comps = S.all_pairwise(records, [a for a in res.axes], res.metrics, seed=seed) if records else []
+    checks = FA.check_comparisons(records, comps + [t for v in verdicts for t in v.tests if t.axis in res.axes],
+                                  FA.claim_map(verdicts, res.axes))
+    return records, verdicts, comps, checks
+
+
+def seed_count(res: StudyResults) -> int:
+    return len({str(r.labels.get("seed")) for r in res.runs if r.labels.get("seed") is not None})
+
+
 def build_report(out: str | Path | StudyResults, samples: int = 16, seed: int = 0) -> tuple[str, list[Section]]:
     """Collect results and statistics into sections. Returns (study name, sections). `out`: a study
     output folder, an exported one (study.export: its files alone) or StudyResults already read."""
     res = out if isinstance(out, StudyResults) else load_any(out)
-    records = res.records()
+    records, verdicts, comps, checks = analyse(res, seed)
     metrics = res.metrics
     primary = next((m for m in ("fid", "is") if m in metrics), metrics[0] if metrics else None)
     sections: list[Section] = []
@@ -233,11 +251,14 @@ def build_report(out: str | Path | StudyResults, samples: int = 16, seed: int = 
         overview.tables.append(Table(["run", "labels", "error"], [[r.id, json.dumps(r.labels), r.row.error or ""] for r in failed]))
     sections.append(overview)
 
-    verdicts = S.verdicts(records, res.axes, metrics, budget=res.budget_kimg, sweeps=res.sweeps(), seed=seed)
-    comps = S.all_pairwise(records, [a for a in res.axes], metrics, seed=seed) if records else []
-    checks = FA.check_comparisons(records, comps + [t for v in verdicts for t in v.tests if t.axis in res.axes],
-                                  FA.claim_map(verdicts, res.axes))
+    seeds = seed_count(res)
+    sections.append(Section("What we found", ["One paragraph per claim of arXiv 2402.13369, written from the verdict "
+                                              "table below: its verdict, its effect with a 95% interval, its "
+                                              "corrected p-value and what it means."] +
+                            FI.what_we_found(verdicts, seeds or None)))
     sections.append(_verdict_section(verdicts, checks))
+    sections.append(Section("Threats to validity", ["What limits these verdicts, from the study's own design and "
+                                                    "records."] + FI.threats(res, records, verdicts, checks)))
     sections.append(_fairness_section(res, checks))
 
     if records:
@@ -324,13 +345,19 @@ def markdown_text(text: object) -> str:
     return _MD_LIST_NUMBER.sub(r"\1\\\2", out)
 
 
-def render_markdown(name: str, sections: list[Section], figure_dir: str) -> str:
+def _href(address: str) -> str:
+    return urllib.parse.quote(address.replace("\\", "/"), safe="/.-_~#")
+
+
+def render_markdown(name: str, sections: list[Section], figure_dir: str, title: str = "Study report") -> str:
     cell = markdown_text
 
-    lines = [f"# Study report: {cell(name)}", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}.", ""]
+    lines = [f"# {cell(title)}: {cell(name)}", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')}.", ""]
     for s in sections:
         lines += [f"## {cell(s.title)}", ""]
         lines += [cell(t) + "\n" for t in s.text]
+        if s.links:
+            lines += [f"- [{cell(text)}]({_href(address)})" for text, address in s.links] + [""]
         for t in s.tables:
             lines.append("| " + " | ".join(cell(h) for h in t.header) + " |")
             lines.append("|" + "---|" * len(t.header))
@@ -354,14 +381,17 @@ img { max-width: 100%; image-rendering: pixelated; }
 """
 
 
-def render_html(name: str, sections: list[Section]) -> str:
+def render_html(name: str, sections: list[Section], title: str = "Study report") -> str:
     e = html.escape
-    parts = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>", f"<title>Study report: {e(name)}</title>",
-             f"<style>{_CSS}</style></head><body>", f"<h1>Study report: {e(name)}</h1>",
+    parts = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>", f"<title>{e(title)}: {e(name)}</title>",
+             f"<style>{_CSS}</style></head><body>", f"<h1>{e(title)}: {e(name)}</h1>",
              f"<p>Generated {e(time.strftime('%Y-%m-%d %H:%M:%S'))}.</p>"]
     for s in sections:
         parts.append(f"<h2>{e(s.title)}</h2>")
         parts += [f"<p>{e(t)}</p>" for t in s.text]
+        if s.links:
+            parts.append("<ul>" + "".join(f"<li><a href='{e(_href(address), quote=True)}'>{e(text)}</a></li>"
+                                          for text, address in s.links) + "</ul>")
         for t in s.tables:
             parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in t.header) + "</tr>")
             for row in t.rows:

@@ -60,9 +60,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="images per sample grid carried for the report, as `diffatlas report --samples` (default 16)")
     q.set_defaults(func=cmd_export)
 
-    q = sub.add_parser("report", help="write report.md and report.html for a study")
-    q.add_argument("study", help="study file (YAML), its output folder, or a folder `diffatlas study export` wrote")
-    q.add_argument("--out", help="study output folder (default studies-out/<name>)")
+    q = sub.add_parser("report", help="write report.md and report.html for a study, or a replication summary over "
+                                      "several exported studies")
+    q.add_argument("study", nargs="+", help="study file (YAML), its output folder, or a folder `diffatlas study "
+                                            "export` wrote; several exported folders: a replication summary of them")
+    q.add_argument("--out", "-o", help="one study: its output folder (default studies-out/<name>); several: the "
+                                       "folder the summary is written into (required)")
     q.add_argument("--samples", type=arg(Range(0, 10_000, integer=True)), default=16, help="images per sample grid (0: none; default 16)")
     q.set_defaults(func=cmd_report)
 
@@ -143,7 +146,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from ..report import write_report
 
-    out = _study_or_folder(args.study, args.out, exported=True)
+    if len(args.study) > 1:
+        from ..report.summary import write_summary
+
+        if not args.out:
+            raise UserError("a summary of several exported studies needs --out (-o): the folder to write it into")
+        dest = validate.writable_dir(args.out, "--out")
+        paths = write_summary(args.study, dest)
+        print(f"summary: {paths['html']}")
+        print(f"         {paths['md']}")
+        return 0
+    out = _study_or_folder(args.study[0], args.out, exported=True)
     validate.writable_dir(out, "study output folder")
     paths = write_report(out, samples=args.samples)
     print(f"report: {paths['html']}")

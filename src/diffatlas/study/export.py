@@ -11,8 +11,9 @@
 * sweeps.csv: the n sweep of each curve at its last snapshot (n, kimg, value), if any;
 * draws.csv: the independent draws (evaluation.draws) at their last snapshot (n, kimg, draw_seed,
   value), if any;
-* runs.csv: every run of the study: id, labels, status, attempts, error, folder and resolved config
-  (JSON);
+* runs.csv: every run of the study: id, labels, status, attempts, error, folder, resolved config
+  (JSON) and its facts (JSON, study.results.run_facts: parameters, data shape, device, training wall
+  seconds, start and finish; older exports lack the column);
 * export.json: what the files hold (study name, axes, metrics, n, budget, evaluation plan) and the
   sample grids of the report (samples/*.png, with their captions);
 * study.yaml: the study file as run; provenance.json: the command, the code's git commit, the
@@ -53,7 +54,8 @@ CURVES_TAIL = ("n", "kimg", "value")
 SWEEPS_TAIL = ("n", "kimg", "value")
 DRAWS_TAIL = ("n", "kimg", "draw_seed", "value")
 RUNS_TAIL = ("position", "status", "attempts", "error", "run_dir", "config")
-FIXED = {"run", "evaluation", "metric", *RESULTS_TAIL, *DRAWS_TAIL, *RUNS_TAIL}
+RUNS_OPTIONAL = ("facts",)        # absent from exports written before it was recorded
+FIXED = {"run", "evaluation", "metric", *RESULTS_TAIL, *DRAWS_TAIL, *RUNS_TAIL, *RUNS_OPTIONAL}
 assert set(SAMPLING) == set(SAMPLED_FIELDS)
 ABSENT = object()
 
@@ -121,13 +123,16 @@ def _relative(run_dir: str, out: Path) -> str:
 
 
 def git_commit(where: Path | None = None) -> dict:
-    """The git commit of the code (the package's own checkout) and whether tracked files differ from it."""
+    """The git commit of the code (the package's own checkout) and whether the code's tracked files (the
+    package and pyproject.toml; not results, which an export itself may be rewriting) differ from it."""
     where = where or Path(__file__).resolve().parents[3]
+    package = Path(__file__).resolve().parents[1]
     try:
         head = subprocess.run(["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False)
         if head.returncode != 0:
             return {"commit": None, "dirty": None}
-        dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
+        code = [str(p) for p in (package, Path(where) / "pyproject.toml") if p.exists()]
+        dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no", "--", *code],
                                capture_output=True, text=True, timeout=30, check=False)
         return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip()) if dirty.returncode == 0 else None}
     except (OSError, subprocess.SubprocessError):
@@ -186,9 +191,9 @@ def write_export(res: StudyResults, dest: str | Path, *, study_yaml: str | None 
              for r in res.runs for (m, ev), d in r.draws.items() for s, v in zip(d["seeds"], d["values"])]
     if draws:
         put("draws.csv", _csv_text(ident + ["evaluation", "metric", *DRAWS_TAIL], draws))
-    put("runs.csv", _csv_text(ident + list(RUNS_TAIL), [
+    put("runs.csv", _csv_text(ident + list(RUNS_TAIL) + list(RUNS_OPTIONAL), [
         _ident(r, keys) + [r.row.position, r.row.status, r.row.attempts, r.row.error, _relative(r.row.run_dir, res.out),
-                           r.row.config] for r in res.runs]))
+                           r.row.config, r.facts] for r in res.runs]))
     figures, notes = grids
     samples = []
     pngs: dict[str, bytes] = {}
@@ -282,6 +287,11 @@ def load_export(dest: str | Path) -> StudyResults:
         rr = RunResult(RunRow(rid, int(_num(row, "position", "runs.csv", int)), str(row["status"]),
                               int(_num(row, "attempts", "runs.csv", int)), None, None, None, None,
                               None if err in (ABSENT, None) else str(err), str(dest / str(row["run_dir"])), config, labels))
+        facts = row.get("facts", ABSENT)
+        if facts not in (ABSENT, None):
+            if not isinstance(facts, dict):
+                raise UserError(f"{str(dest / 'runs.csv')!r}: run {rid!r} has unreadable facts; the file is damaged")
+            rr.facts = facts
         runs[rid] = rr
 
     def run_of(row: dict, name: str) -> tuple[RunResult, tuple[str, str]]:

@@ -67,6 +67,7 @@ class RunResult:
     sampled: dict[tuple[str, str], dict] = field(default_factory=dict)                       # (metric, eval) -> SAMPLED_FIELDS of the final entry
     extractor: dict[tuple[str, str], str | None] = field(default_factory=dict)              # (metric, eval) -> feature extractor of the final entry
     sweep_kimg: dict[tuple[str, str], float] = field(default_factory=dict)                  # (metric, eval) -> kimg of its n sweep
+    facts: dict = field(default_factory=dict)                                                # run_facts: scale and compute, as recorded
 
     @property
     def id(self) -> str:
@@ -138,6 +139,50 @@ class StudyResults:
 SAMPLED_FIELDS = ("sampler", "grid", "steps", "nfe", "nfe_budget", "clip", "options", "guidance", "setting")
 
 
+# What a run's folder records about its scale and compute (run_facts); an older run may lack any of them.
+FACT_KEYS = ("params", "network", "data_shape", "device", "gpu", "torch", "train_wall_s", "started", "finished")
+
+
+def run_facts(row: RunRow) -> dict:
+    """The scale and compute of one run, as its folder and the ledger recorded them: network
+    parameters and preset (network.json), the data's shape (dataset.json), the device, GPU and torch
+    it trained with (environment.json), the training's wall seconds (the last tick of stats.jsonl)
+    and the ledger's start and finish times of its last attempt (seconds since the epoch). A file that
+    is missing or unreadable leaves its facts out: they describe the run, they decide nothing."""
+    from ..io import read_json
+
+    run_dir = Path(row.run_dir)
+    out: dict = {}
+
+    def read(name: str) -> dict:
+        if not (run_dir / name).is_file():
+            return {}
+        try:
+            return read_json(run_dir / name, name)
+        except UserError:
+            return {}
+
+    net, data, env = read("network.json"), read("dataset.json"), read("environment.json")
+    if isinstance(net.get("params"), int):
+        out["params"] = net["params"]
+    if net.get("preset") is not None:
+        out["network"] = str(net["preset"])
+    if isinstance(data.get("shape"), list):
+        out["data_shape"] = [int(x) for x in data["shape"] if isinstance(x, int)]
+    for k in ("device", "gpu", "torch"):
+        if env.get(k) is not None:
+            out[k] = str(env[k])
+    try:
+        stats = read_stats(run_dir) if (run_dir / "stats.jsonl").is_file() else []
+    except UserError:
+        stats = []
+    if stats and isinstance(stats[-1].get("wall_s"), (int, float)):
+        out["train_wall_s"] = float(stats[-1]["wall_s"])
+    if row.started is not None and row.finished is not None and row.status == "done":
+        out["started"], out["finished"] = float(row.started), float(row.finished)
+    return out
+
+
 def _is_draw(entry: dict, seed: int, plan: dict | None) -> bool:
     """Whether a metrics.jsonl entry is one of the study's independent draws (evaluation.draws)."""
     if not plan or entry.get("n") != plan.get("n"):
@@ -170,6 +215,7 @@ def load_results(out: str | Path, n: int | None = None) -> StudyResults:
     for row in rows:
         rr = RunResult(row)
         rr.entries = run_metrics(Path(row.run_dir))
+        rr.facts = run_facts(row)
         runs.append(rr)
         for e in rr.entries:
             if e.get("metric") not in metrics and e.get("metric") is not None:

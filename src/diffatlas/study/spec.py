@@ -21,6 +21,12 @@ A study file (YAML) reads
       draws: {n: 500, count: 4} # independent evaluations of the final snapshot on disjoint seed ranges
     max_attempts: 2
     executor: {name: slurm, gpus_per_run: 1, slurm: {partition: gpu}}   # where runs execute (study.executors)
+    arm: original               # optional: original | harmonised, for a replication summary (see below)
+
+`arm` (optional, never part of a run) says which arm of a replication a study is: `original`, each
+process trained with its paper's recipe, or `harmonised`, the same comparisons with one recipe for
+every process. `diffatlas report PART ... -o OUT` (report.summary) reads it to say whether a verdict
+of the original arm survives the harmonised one, i.e. whether it belongs to the process or to its recipe.
 
 An evaluation-only study names finished runs (trained, or imported with `diffatlas import`) instead
 of axes, seeds and a budget; each is evaluated with every `evaluation.samplers` setting, in place:
@@ -52,7 +58,8 @@ from ..validate import COUNT_MAX, KIMG_MAX, SEED, STEPS, Range
 from .executors import ExecutorSpec, parse_executor
 
 STUDY_KEYS = ("name", "description", "base", "base_file", "axes", "seeds", "budget_kimg", "evaluation", "max_attempts",
-              "executor", "models")
+              "executor", "models", "arm")
+ARMS = ("original", "harmonised")   # values of the optional `arm` key ("harmonized" reads as "harmonised")
 # What an evaluation-only study (models) cannot have: it trains nothing.
 TRAINING_KEYS = ("base", "base_file", "axes", "seeds", "budget_kimg")
 EVAL_KEYS = ("metrics", "n", "every_kimg", "samplers", "n_sweep", "extractor", "seed", "draws")
@@ -123,6 +130,7 @@ class Study:
     raw: dict = field(default_factory=dict)
     executor: ExecutorSpec = field(default_factory=ExecutorSpec)  # where runs execute; never part of a run's id
     models: tuple[tuple[str, str], ...] = ()  # (label, run directory) of an evaluation-only study
+    arm: str | None = None                    # "original" | "harmonised" | None (see the module docstring)
 
     @property
     def axis_keys(self) -> list[str]:
@@ -530,7 +538,17 @@ def study_from_dict(d: Any, source: str | None = None, base_dir: Path | None = N
     models = _parse_models(d, base_dir) if "models" in d else ()
     return Study(name.strip(), base, axes, tuple(seeds), None if budget is None else float(budget),
                  _parse_evaluation(d.get("evaluation")), attempts, str(d.get("description") or ""), source, d,
-                 executor=parse_executor(d.get("executor")), models=models)
+                 executor=parse_executor(d.get("executor")), models=models, arm=parse_arm(d.get("arm")))
+
+
+def parse_arm(value: Any) -> str | None:
+    """The optional `arm` of a study: None, "original" or "harmonised" (also spelled "harmonized")."""
+    if value is None:
+        return None
+    v = str(value).strip().lower().replace("harmonized", "harmonised")
+    if v not in ARMS:
+        raise UserError(f"study `arm` must be one of {', '.join(ARMS)}, got {value!r}")
+    return v
 
 
 def load_study(path: str | Path) -> Study:

@@ -611,6 +611,22 @@ def _holm_decide(comps: list[Comparison], alpha: float) -> list[Comparison]:
 
 # ---- claims ----------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class Effect:
+    """The headline number of a claim that no single Comparison carries (convergence, IS stability):
+    `quantity` estimated as `estimate` with its 95% interval `ci`, in `unit`, from `n` units (pairs of
+    trained models or runs); `detectable`: the smallest effect found with 80% power, in `unit`;
+    `margin`: an equivalence margin, in `unit`, where the claim is an equivalence."""
+
+    quantity: str
+    estimate: float
+    ci: tuple[float, float]
+    unit: str
+    n: int
+    detectable: float = math.nan
+    margin: float = math.nan
+
+
 @dataclass
 class Verdict:
     """One row of the verdict table.
@@ -632,6 +648,7 @@ class Verdict:
     undecided: str = NO_DIFFERENCE
     tests: list[Comparison] = field(default_factory=list)
     unit: str = "pairs of trained models"   # what n counts
+    effect: Effect | None = None            # the headline number where `tests` hold none (convergence, IS)
 
     @property
     def decidable(self) -> bool:
@@ -785,6 +802,7 @@ def claim_similar_convergence(records: Sequence[dict], axes: Sequence[str], metr
     margin = threshold * budget
     table = ix.table(primary, "restricted_kimg")
     evidence, p_eq, p_beyond, n_max, too_few, unsettled = [], [], [], 0, [], []
+    overall = None  # (factor, a, b, t-test) of the largest difference over every factor
     for f in factors:
         vals = _values_of(ix, primary, f)
         if len(vals) < 2:
@@ -809,6 +827,8 @@ def claim_similar_convergence(records: Sequence[dict], axes: Sequence[str], metr
         line = f"{f}: mean convergence kimg ({primary}, unsettled curves at the {budget:g}-kimg budget) {means}; settled {settled}"
         if worst:
             a, b, tt = worst
+            if overall is None or abs(tt.mean) > abs(overall[3].mean):
+                overall = (f, a, b, tt)
             line += (f"; largest difference {a} - {b} = {tt.mean:+.3g} kimg [95% CI {tt.ci[0]:+.3g}, {tt.ci[1]:+.3g}] = "
                      f"{tt.mean / budget:+.1%} of the budget vs margin +-{threshold:.0%}, {tt.n} pairs")
         evidence.append(line)
@@ -832,8 +852,13 @@ def claim_similar_convergence(records: Sequence[dict], axes: Sequence[str], metr
                         " never settled (the budget may be too short)")
     p_supp = max(p_eq) if not (unsettled or too_few) else 1.0
     p_contra = min(1.0, min(p_beyond) * len(p_beyond))
-    return _routes(claim, n_max, evidence, [], {"supported": (p_supp, True), "contradicted": (p_contra, True)},
-                   INCONCLUSIVE, alpha)
+    v = _routes(claim, n_max, evidence, [], {"supported": (p_supp, True), "contradicted": (p_contra, True)},
+                INCONCLUSIVE, alpha)
+    if overall is not None:
+        f, a, b, tt = overall
+        v.effect = Effect(f"largest difference in convergence kimg ({primary}), {f}: {a} - {b}", tt.mean, tt.ci,
+                          "kimg", tt.n, margin=margin)
+    return v
 
 
 def _factor_means(table: dict[Any, _Model], factor: str, value: str) -> list[float]:
@@ -1050,6 +1075,8 @@ def claim_is_stability(sweeps: Sequence[dict] = (), seed: int = 0, *, records: S
           f"{(q + float(special.stdtrit(df, POWER))) * se:.3f}"] + shown
     v = _routes(claim, runs, ev, [], {"supported": (p_up, True), "contradicted": (p_down, True)}, NO_DIFFERENCE, alpha)
     v.unit = "runs"
+    v.effect = Effect(f"ICC(1) of one evaluation at n = {n_txt}, IS - FID", d_icc, (d_icc - q * se, d_icc + q * se),
+                      "ICC", runs, (q + float(special.stdtrit(df, POWER))) * se)
     return v
 
 
