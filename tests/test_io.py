@@ -49,6 +49,31 @@ def test_a_bad_complete_line_names_file_line_and_fix(tmp_path: Path) -> None:
         dio.read_jsonl(log, "the log", fields={"kimg": "number"})
 
 
+# ---- whole files -------------------------------------------------------------------------------
+
+def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    p = tmp_path / "stats.npz"
+    dio.atomic_write_bytes(p, b"old")
+
+    def write(f):
+        f.write(b"half a fi")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        dio.atomic_write(p, write)
+    assert p.read_bytes() == b"old"
+    assert [q.name for q in tmp_path.iterdir()] == ["stats.npz"]
+
+
+def test_atomic_files_get_the_permissions_of_a_plain_write(tmp_path: Path) -> None:
+    """Readable by whoever may read a plainly written file (a shared study folder), not 0600."""
+    plain = tmp_path / "plain.json"
+    plain.write_text("{}")
+    dio.atomic_write_json(tmp_path / "atomic.json", {"a": [1, 2]})
+    assert (tmp_path / "atomic.json").stat().st_mode == plain.stat().st_mode
+    assert (tmp_path / "atomic.json").read_text() == '{\n "a": [\n  1,\n  2\n ]\n}\n'
+
+
 # ---- YAML --------------------------------------------------------------------------------------
 
 def test_yaml_refuses_a_key_given_twice_but_allows_merge_overrides() -> None:

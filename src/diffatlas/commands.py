@@ -111,7 +111,8 @@ def _parse_options(items: list[str]) -> dict:
 def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .checkpoint import atomic_write_text, read_dataset_info
+    from .checkpoint import read_dataset_info
+    from .io import atomic_write, atomic_write_text
     from .config import sampler_options
     from .sampling import load_run, read_run_config, sample_run, save_image_grid
 
@@ -148,10 +149,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.run) / "samples" / f"{name}.png"
     save_image_grid(res["x"], out)
     npz = out.with_suffix(".npz")
-    tmp = npz.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, samples=res["x"].numpy(), seeds=np.arange(args.seed, args.seed + args.n),
-                        labels=(cond.cpu().numpy() if cond is not None else np.array([])))
-    tmp.replace(npz)
+    atomic_write(npz, lambda f: np.savez_compressed(f, samples=res["x"].numpy(), seeds=np.arange(args.seed, args.seed + args.n),
+                                                    labels=(cond.cpu().numpy() if cond is not None else np.array([]))))
     meta = {k: v for k, v in res.items() if k != "x"} | {"n": args.n, "guidance": args.guidance, "class": args.klass}
     atomic_write_text(out.with_suffix(".json"), json.dumps(meta, indent=1))
     budget = f" of a budget of {res['nfe_budget']}" if res["nfe_budget"] else ""

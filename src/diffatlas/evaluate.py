@@ -53,7 +53,7 @@ from torch import Tensor
 from . import validate
 from .checkpoint import atomic_write_text, list_snapshots, load_meta, read_dataset_info
 from .errors import UserError
-from .io import append_jsonl, read_jsonl
+from .io import append_jsonl, atomic_write, read_jsonl
 from .samplers.clip import resolve_clip
 from .samplers.plan import request_label
 from .sampling import generate, load_run, read_run_config, run_plan
@@ -825,10 +825,8 @@ def plot_curves(run_dir: str | Path, metric: str = "fid", out: str | Path | None
         ax.legend(fontsize=7)
         fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

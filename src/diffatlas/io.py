@@ -19,11 +19,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import secrets
+import shutil
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import yaml
 
@@ -222,26 +223,50 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write a whole file atomically: temporary file in the same folder, fsync, rename."""
+def _new_temp_file(folder: Path, name: str) -> tuple[int, Path]:
+    """A fresh file '.<name>.<random>.tmp' in `folder`, open for writing, with the permissions a plain open()
+    gives (0o666 less the umask; tempfile.mkstemp would make it 0o600, unreadable to a shared group)."""
+    while True:
+        tmp = folder / f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:  # pragma: no cover - 32 random bits collided
+            continue
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Write a whole file atomically: `write(f)` fills a temporary file in the same folder (a binary file
+    object), which is fsynced and renamed over `path`. A reader sees the old file or the new one, never a
+    part; if `write` fails the temporary file is removed and `path` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _new_temp_file(path.parent, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
 
 
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write a whole file atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda f: f.write(data))
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a whole text file atomically (see :func:`atomic_write_bytes`)."""
+    """Write a whole UTF-8 text file atomically (see :func:`atomic_write`)."""
     atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | Path, record: Any, *, indent: int | None = 1, sort_keys: bool = False,
+                      default: Callable[[Any], Any] | None = None) -> None:
+    """Write `record` as a JSON file atomically (see :func:`atomic_write`), ending with a newline."""
+    atomic_write_text(path, json.dumps(record, indent=indent, sort_keys=sort_keys, default=default) + "\n")
 
 
 # ---- YAML ------------------------------------------------------------------------------------

@@ -308,11 +308,9 @@ def train_noisy_classifier(dataset: Any, dynamics: Dynamics, *, steps: int = 200
 
 def save_noisy_classifier(out_dir: str | Path, model: NoiseAwareClassifier, info: dict[str, Any] | None = None) -> Path:
     """Write noisy_classifier.safetensors and noisy_classifier.json (atomically) into out_dir (created)."""
-    import os
+    from safetensors.torch import save
 
-    from safetensors.torch import save_file
-
-    from ..checkpoint import atomic_write_text
+    from ..io import atomic_write_bytes, atomic_write_text
     from ..metrics.extractors import state_dict_hash
 
     path = Path(out_dir)
@@ -320,9 +318,7 @@ def save_noisy_classifier(out_dir: str | Path, model: NoiseAwareClassifier, info
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {"format": NOISY_FORMAT, "architecture": "NoiseAwareClassifier", "kwargs": model.kwargs,
             "weights_hash": state_dict_hash(state), "info": dict(info or {})}
-    tmp = path / (NOISY_WEIGHTS + ".tmp")
-    save_file(state, str(tmp), metadata={"format": NOISY_FORMAT})
-    os.replace(tmp, path / NOISY_WEIGHTS)  # atomic: a reader sees the old file or the new one
+    atomic_write_bytes(path / NOISY_WEIGHTS, save(state, metadata={"format": NOISY_FORMAT}))
     atomic_write_text(path / NOISY_META, json.dumps(meta, indent=1, sort_keys=True, default=str) + "\n")
     return path
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UserError
+from ..io import atomic_write_bytes
 from ..registry import Registry
 
 EXTRACTORS: Registry = Registry("extractor")
@@ -339,18 +339,6 @@ def train_classifier(
     return extractor.to(device), info
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_classifier(path_dir: str | Path, model: ClassifierExtractor, info: dict[str, Any] | None = None) -> Path:
     """Save weights as ``model.safetensors`` and metadata as ``classifier.json`` in path_dir (created).
 
@@ -369,8 +357,8 @@ def save_classifier(path_dir: str | Path, model: ClassifierExtractor, info: dict
         "weights_hash": model.weights_hash,
         "info": {**model.info, **(info or {})},
     }
-    _atomic_write_bytes(path / CLASSIFIER_WEIGHTS, save(state, metadata={"format": CLASSIFIER_FORMAT}))
-    _atomic_write_bytes(path / CLASSIFIER_META, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(path / CLASSIFIER_WEIGHTS, save(state, metadata={"format": CLASSIFIER_FORMAT}))
+    atomic_write_bytes(path / CLASSIFIER_META, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     return path
 
 
