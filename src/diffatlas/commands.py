@@ -112,7 +112,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .checkpoint import read_dataset_info
-    from .io import atomic_write, atomic_write_text
+    from .io import atomic_write, atomic_write_json
     from .config import sampler_options
     from .sampling import load_run, read_run_config, sample_run, save_image_grid
 
@@ -152,7 +152,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     atomic_write(npz, lambda f: np.savez_compressed(f, samples=res["x"].numpy(), seeds=np.arange(args.seed, args.seed + args.n),
                                                     labels=(cond.cpu().numpy() if cond is not None else np.array([]))))
     meta = {k: v for k, v in res.items() if k != "x"} | {"n": args.n, "guidance": args.guidance, "class": args.klass}
-    atomic_write_text(out.with_suffix(".json"), json.dumps(meta, indent=1))
+    atomic_write_json(out.with_suffix(".json"), meta)
     budget = f" of a budget of {res['nfe_budget']}" if res["nfe_budget"] else ""
     print(f"{args.n} samples ({res['sampler']}, {res['steps']} steps on the {res['grid']} grid, NFE {res['nfe']}{budget}, "
           f"x0 clip {res['clip']}, snapshot kimg {res['kimg']:g}): {out}  {npz}")

@@ -53,7 +53,7 @@ from torch import Tensor
 from . import validate
 from .checkpoint import atomic_write_text, list_snapshots, load_meta, read_dataset_info
 from .errors import UserError
-from .io import append_jsonl, atomic_write, read_jsonl
+from .io import append_jsonl, atomic_write, atomic_write_json, read_jsonl
 from .samplers.clip import resolve_clip
 from .samplers.plan import request_label
 from .sampling import generate, load_run, read_run_config, run_plan
@@ -932,7 +932,7 @@ def sample_size_run(
               "dataset": reference.data_id, "reference_split": reference.split, "n_real": ref.n,
               "rows": rows, "summary": summary, "verdict": verdict}
     json_path, md_path = png.with_suffix(".json"), png.with_suffix(".md")
-    atomic_write_text(json_path, json.dumps(result, indent=1) + "\n")
+    atomic_write_json(json_path, result)
     atomic_write_text(md_path, sample_size_markdown(result))
     result.update({"png": str(png), "json": str(json_path), "md": str(md_path)})
     return result

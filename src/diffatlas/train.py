@@ -25,12 +25,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from . import __version__, validate
-from .checkpoint import (DATASET_FILE, STATS_FILE, atomic_write_text, list_snapshots, load_meta, load_state,
+from .checkpoint import (DATASET_FILE, STATS_FILE, list_snapshots, load_meta, load_state,
                          load_weights, read_stats, remove_interrupted_writes, remove_old_snapshots, save_snapshot,
                          snapshot_mismatch)
 from .config import Config, dump_yaml, resolve, to_dict
 from .errors import UserError
-from .io import append_jsonl, exclusive, parse_yaml, read_json, read_text
+from .io import (append_jsonl, atomic_write_json, atomic_write_text, exclusive, parse_yaml, read_json, read_text,
+                 rewrite_jsonl)
 from .losses import denoising_loss
 from .model import make_denoiser, make_dynamics, make_network
 from .tensorboard_log import RunLog
@@ -237,8 +238,7 @@ def _truncate_stats(run_dir: Path, step: int) -> None:
     records = read_stats(run_dir)
     keep = [d for d in records if isinstance(d.get("step"), int) and d["step"] <= step]
     if len(keep) != len(records) or path.read_bytes()[-1:] not in (b"", b"\n"):
-        rewrite = "".join(json.dumps(d) + "\n" for d in keep)
-        atomic_write_text(path, rewrite)
+        rewrite_jsonl(path, keep)
 
 
 DONE_FIELDS = {"kimg": "number", "step": "integer"}
@@ -311,10 +311,9 @@ def _train(cfg: Config, run_dir: Path, *, progress: bool | None, log) -> dict[st
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
-        atomic_write_text(run_dir / "environment.json", json.dumps(environment(device, cfg, world), indent=1))
-        atomic_write_text(run_dir / DATASET_FILE, json.dumps(
-            {"name": dataset.name, "split": cfg.data.split, "shape": list(dataset.shape),
-             "num_classes": dataset.num_classes, "size": len(dataset)}, indent=1))
+        atomic_write_json(run_dir / "environment.json", environment(device, cfg, world))
+        atomic_write_json(run_dir / DATASET_FILE, {"name": dataset.name, "split": cfg.data.split, "shape": list(dataset.shape),
+                                                   "num_classes": dataset.num_classes, "size": len(dataset)})
     if done_path.exists():  # a finished run whose dataset record was missing: it is written again above
         return read_json(done_path, "run record", fields=DONE_FIELDS, fix="delete it and train again")
 
@@ -324,8 +323,7 @@ def _train(cfg: Config, run_dir: Path, *, progress: bool | None, log) -> dict[st
     net = make_network(cfg, dataset.shape, dataset.num_classes).to(device)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     if rank == 0:
-        atomic_write_text(run_dir / "network.json", json.dumps(describe_network(cfg, net, dataset.shape), indent=1,
-                                                                 default=str))
+        atomic_write_json(run_dir / "network.json", describe_network(cfg, net, dataset.shape), default=str)
     # The fused update: one kernel (CUDA) or one vectorised loop (CPU) for all parameters.
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.train.lr, betas=cfg.train.betas,
                             weight_decay=cfg.train.weight_decay, fused=device.type in ("cuda", "cpu"))
@@ -461,7 +459,7 @@ def _train(cfg: Config, run_dir: Path, *, progress: bool | None, log) -> dict[st
     if rank == 0:
         if cfg.train.doctor:
             record["doctor_ok"] = run_doctor(cfg, ema, dynamics, dataset, run_dir, log)
-        atomic_write_text(done_path, json.dumps(record))
+        atomic_write_json(done_path, record, indent=None)
     if dist.is_initialized():
         dist.barrier()
     return record

@@ -310,7 +310,7 @@ def save_noisy_classifier(out_dir: str | Path, model: NoiseAwareClassifier, info
     """Write noisy_classifier.safetensors and noisy_classifier.json (atomically) into out_dir (created)."""
     from safetensors.torch import save
 
-    from ..io import atomic_write_bytes, atomic_write_text
+    from ..io import atomic_write_bytes, atomic_write_json
     from ..metrics.extractors import state_dict_hash
 
     path = Path(out_dir)
@@ -319,7 +319,7 @@ def save_noisy_classifier(out_dir: str | Path, model: NoiseAwareClassifier, info
     meta = {"format": NOISY_FORMAT, "architecture": "NoiseAwareClassifier", "kwargs": model.kwargs,
             "weights_hash": state_dict_hash(state), "info": dict(info or {})}
     atomic_write_bytes(path / NOISY_WEIGHTS, save(state, metadata={"format": NOISY_FORMAT}))
-    atomic_write_text(path / NOISY_META, json.dumps(meta, indent=1, sort_keys=True, default=str) + "\n")
+    atomic_write_json(path / NOISY_META, meta, sort_keys=True, default=str)
     return path
 
 

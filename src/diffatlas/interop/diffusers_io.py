@@ -375,7 +375,8 @@ def import_diffusers(path: str | Path, run_dir: str | Path, overrides: list[str]
         between the run's network and the UNet itself at three timesteps), notes on diffusers' conventions.
     """
     from .. import __version__
-    from ..checkpoint import atomic_write_text, save_snapshot
+    from ..checkpoint import save_snapshot
+    from ..io import atomic_write_json, atomic_write_text
     from ..config import apply_overrides, dump_yaml, from_dict, parse_override, resolve
     from ..data import load_dataset
     from ..model import make_denoiser, make_dynamics, make_network
@@ -448,15 +449,14 @@ def import_diffusers(path: str | Path, run_dir: str | Path, overrides: list[str]
         save_snapshot(tmp, stated, {"model": weights, "ema": weights}, {},
                       {"kimg": stated, "step": 0, "images": int(round(stated * 1000)), "imported": "diffusers"})
         atomic_write_text(tmp / "config.yaml", dump_yaml(cfg))
-        atomic_write_text(tmp / "dataset.json", json.dumps(
-            {"name": dataset.name, "split": d.split, "shape": list(dataset.shape), "num_classes": dataset.num_classes,
-             "size": len(dataset)}, indent=1))
-        atomic_write_text(tmp / "environment.json", json.dumps(
-            {"diffatlas": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-             "python": platform.python_version(), "imported_from": str(src.resolve())}, indent=1))
-        atomic_write_text(tmp / "network.json", json.dumps(describe_network(cfg, net, want), indent=1, default=str))
-        atomic_write_text(tmp / SOURCE_INFO, json.dumps(source, indent=1, default=str))
-        atomic_write_text(tmp / "DONE", json.dumps({"kimg": stated, "step": 0, "imported": "diffusers"}))
+        atomic_write_json(tmp / "dataset.json", {"name": dataset.name, "split": d.split, "shape": list(dataset.shape),
+                                                 "num_classes": dataset.num_classes, "size": len(dataset)})
+        atomic_write_json(tmp / "environment.json", {
+            "diffatlas": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "python": platform.python_version(), "imported_from": str(src.resolve())})
+        atomic_write_json(tmp / "network.json", describe_network(cfg, net, want), default=str)
+        atomic_write_json(tmp / SOURCE_INFO, source, default=str)
+        atomic_write_json(tmp / "DONE", {"kimg": stated, "step": 0, "imported": "diffusers"}, indent=None)
         _publish(tmp, run_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -18,7 +18,6 @@ weights (sha256, first 16 hex digits) and is part of every metric record and ref
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UserError
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, atomic_write_json
 from ..registry import Registry
 
 EXTRACTORS: Registry = Registry("extractor")
@@ -358,7 +357,7 @@ def save_classifier(path_dir: str | Path, model: ClassifierExtractor, info: dict
         "info": {**model.info, **(info or {})},
     }
     atomic_write_bytes(path / CLASSIFIER_WEIGHTS, save(state, metadata={"format": CLASSIFIER_FORMAT}))
-    atomic_write_bytes(path / CLASSIFIER_META, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_json(path / CLASSIFIER_META, meta, indent=2, sort_keys=True)
     return path
 
 
