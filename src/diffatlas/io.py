@@ -20,6 +20,7 @@ import json
 import math
 import os
 import secrets
+import shutil
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -266,6 +267,57 @@ def atomic_write_json(path: str | Path, record: Any, *, indent: int | None = 1, 
                       default: Callable[[Any], Any] | None = None) -> None:
     """Write `record` as a JSON file atomically (see :func:`atomic_write`), ending with a newline."""
     atomic_write_text(path, json.dumps(record, indent=indent, sort_keys=sort_keys, default=default) + "\n")
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file and folder under `root` (and root itself), so a rename publishes data on disk."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(folder)
+
+
+DIR_IF_EXISTS = ("error", "replace", "keep")
+
+
+@contextmanager
+def atomic_dir(final: str | Path, *, if_exists: str = "error") -> Iterator[Path]:
+    """Publish a folder atomically: the block fills a fresh temporary folder beside `final`
+    ('.tmp-<name>-<random>', yielded), which is then fsynced and renamed to `final`, so a reader sees the
+    whole folder or none of it. The temporary folder is gone afterwards whatever happened; if the block
+    raises, nothing is published.
+
+    An empty folder at `final` is replaced. A non-empty one: if_exists="error" raises OSError (the caller
+    checked beforehand that nothing is there), "replace" deletes it first (a rewrite of the same thing,
+    e.g. a snapshot of an interrupted attempt), "keep" keeps it and drops the new folder (another process
+    published the same thing first)."""
+    if if_exists not in DIR_IF_EXISTS:
+        raise ValueError(f"if_exists must be one of {DIR_IF_EXISTS}, got {if_exists!r}")
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    while True:  # permissions of a plain mkdir (tempfile.mkdtemp would make the published folder 0o700)
+        tmp = final.parent / f".tmp-{final.name}-{secrets.token_hex(4)}"
+        try:
+            tmp.mkdir()
+            break
+        except FileExistsError:  # pragma: no cover - 32 random bits collided
+            continue
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        if final.is_dir() and not any(final.iterdir()):
+            final.rmdir()
+        elif final.exists() and if_exists == "replace":
+            shutil.rmtree(final)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not (if_exists == "keep" and final.is_dir()):
+                raise
+        fsync_dir(final.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---- YAML ------------------------------------------------------------------------------------
