@@ -105,6 +105,20 @@ def test_a_folder_already_published_is_kept_or_replaced_as_asked(tmp_path: Path,
     assert [q.name for q in tmp_path.iterdir()] == [final.name]
 
 
+def test_every_cache_is_under_one_root(monkeypatch, tmp_path: Path) -> None:
+    from diffatlas.data import load_dataset
+    from diffatlas.evaluate import default_classifier_dir
+    from diffatlas.metrics import reference
+
+    monkeypatch.setenv("DIFFATLAS_CACHE", "")  # empty is unset, not the working directory
+    assert dio.cache_root() == Path.home() / ".cache" / "diffatlas"
+    monkeypatch.setenv("DIFFATLAS_CACHE", str(tmp_path))
+    assert reference.default_cache_dir() == tmp_path / "refstats"
+    assert default_classifier_dir("digits").parent == tmp_path / "classifiers"
+    with pytest.raises(UserError, match=re.escape(str(tmp_path / "mnist"))):  # where downloaded data is looked for
+        load_dataset("mnist")
+
+
 # ---- YAML --------------------------------------------------------------------------------------
 
 def test_yaml_refuses_a_key_given_twice_but_allows_merge_overrides() -> None:

@@ -53,7 +53,7 @@ from torch import Tensor
 from . import validate
 from .checkpoint import atomic_write_text, list_snapshots, load_meta, read_dataset_info
 from .errors import UserError
-from .io import append_jsonl, atomic_write, atomic_write_json, read_jsonl
+from .io import append_jsonl, atomic_write, atomic_write_json, cache_root, read_jsonl
 from .samplers.clip import resolve_clip
 from .samplers.plan import request_label
 from .sampling import generate, load_run, read_run_config, run_plan
@@ -101,12 +101,6 @@ def _json_clean(v: Any) -> Any:
 
 def _options_text(options: dict[str, Any] | None) -> str:
     return json.dumps(_json_clean(options or {}), sort_keys=True)
-
-
-def cache_root() -> Path:
-    """$DIFFATLAS_CACHE if set, else ~/.cache/diffatlas."""
-    root = os.environ.get("DIFFATLAS_CACHE")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "diffatlas"
 
 
 def data_id(name: str, resolution: int | None = None, options: dict[str, Any] | None = None,

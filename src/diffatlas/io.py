@@ -208,6 +208,18 @@ def rewrite_jsonl(path: str | Path, records: list[Mapping[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
+# ---- places ----------------------------------------------------------------------------------
+
+CACHE_ENV = "DIFFATLAS_CACHE"
+
+
+def cache_root() -> Path:
+    """The folder of everything diffatlas caches (downloaded data, reference statistics, evaluation
+    classifiers): $DIFFATLAS_CACHE when set and not empty, else ~/.cache/diffatlas."""
+    root = os.environ.get(CACHE_ENV)
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "diffatlas"
+
+
 # ---- whole files -----------------------------------------------------------------------------
 
 def fsync_dir(path: str | Path) -> None:

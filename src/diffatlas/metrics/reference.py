@@ -10,7 +10,6 @@ fixed artefact, not something recomputed per evaluation.)
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
-from ..io import atomic_write
+from ..io import atomic_write, cache_root
 from .extractors import FeatureExtractor
 from .stats import FrechetReference, StreamingMoments
 
@@ -70,10 +69,8 @@ class RefStats:
 
 
 def default_cache_dir() -> Path:
-    """$DIFFATLAS_CACHE/refstats if set, else ~/.cache/diffatlas/refstats."""
-    root = os.environ.get("DIFFATLAS_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "diffatlas"
-    return base / "refstats"
+    """<cache root>/refstats: $DIFFATLAS_CACHE/refstats if set, else ~/.cache/diffatlas/refstats."""
+    return cache_root() / "refstats"
 
 
 def _key_fields(key: RefKey) -> dict[str, np.ndarray]:
