@@ -64,10 +64,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_doctor)
 
 
-def _device(name: str) -> str:
-    return validate.device(name)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     import hashlib
 
@@ -132,7 +128,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         validate.figure_path(args.out, "--out")
     else:
         validate.writable_dir(Path(args.run) / "samples", "samples folder")
-    device = _device(args.device)
+    device = validate.device(args.device)
     cond, guidance = None, None
     if args.klass is not None or args.guidance:
         from .guidance import guidance_from_args

@@ -47,10 +47,6 @@ def dist_info() -> tuple[int, int, int]:
     return rank, world, local
 
 
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    return torch.device(validate.device(name, "train.device", local_rank))
-
-
 # ---- data order ---------------------------------------------------------------------------
 
 class EpochSampler:
@@ -286,7 +282,7 @@ def _train(cfg: Config, run_dir: Path, *, progress: bool | None, log) -> dict[st
     if cfg.train.batch % world:
         raise UserError(f"train.batch={cfg.train.batch} must be divisible by the number of processes ({world})")
 
-    device = pick_device(cfg.train.device, local_rank)
+    device = torch.device(validate.device(cfg.train.device, "train.device", local_rank))
     graphs = records_cuda_graphs(cfg, device, world)
     launched = "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ  # started by torchrun
     if launched and not dist.is_initialized():

@@ -368,13 +368,13 @@ def train_noisy_classifier_for(run_or_config: str | Path, out_dir: str | Path, *
     when the dataset has one) and its dynamics. Saves to out_dir; returns (model, info).
 
     This is what `diffatlas train-classifier --noisy RUN_OR_CONFIG -o OUT_DIR` calls."""
+    from .. import validate
     from ..config import resolve
     from ..data import load_dataset
     from ..model import make_dynamics
 
     cfg = resolve(_config_of(run_or_config))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = validate.device(device)
     d = cfg.data
     train_set = load_dataset(d.name, root=d.root, split=d.split, resolution=d.resolution, **d.options)
     try:
