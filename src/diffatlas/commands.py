@@ -232,14 +232,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     import torch
 
     from .checkpoint import atomic_write_text
-    from .data import load_dataset
+    from .data import dataset_from_config
     from .doctor import diagnose
     from .sampling import load_run
 
     run = load_run(args.run, args.snapshot)
     validate.writable_file(Path(args.run) / "doctor.json", "doctor record")
     d = run.cfg.data
-    ds = load_dataset(d.name, root=d.root, split=d.split, resolution=d.resolution, **d.options)
+    ds = dataset_from_config(d)
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:64]
     x, _ = ds.get_batch(idx)
     report = diagnose(run.denoiser, x, num_classes=run.num_classes, generator=torch.Generator().manual_seed(0))

@@ -52,6 +52,7 @@ from torch import Tensor
 
 from . import validate
 from .checkpoint import atomic_write_text, list_snapshots, load_meta, read_dataset_info
+from .data import dataset_from_config, load_dataset
 from .errors import UserError
 from .io import append_jsonl, atomic_write, atomic_write_json, cache_root, read_jsonl
 from .samplers.clip import resolve_clip
@@ -123,12 +124,6 @@ def default_classifier_dir(name: str, resolution: int | None = None, options: di
     return cache_root() / "classifiers" / data_id(name, resolution, options)
 
 
-def _load_data(name: str, *, root: str | None, split: str, resolution: int | None, options: dict[str, Any]):
-    from .data import load_dataset
-
-    return load_dataset(name, root=root, split=split, resolution=resolution, **(options or {}))
-
-
 # ------------------------------------------------------------------------------------------------
 # the evaluation classifier
 # ------------------------------------------------------------------------------------------------
@@ -152,7 +147,7 @@ def train_eval_classifier(dataset: str, *, root: str | None = None, resolution: 
 
     log = log or _quiet
     opts = dict(options or {})
-    train_set = _load_data(dataset, root=root, split="train", resolution=resolution, options=opts)
+    train_set = load_dataset(dataset, root=root, split="train", resolution=resolution, **opts)
     if getattr(train_set, "labels", None) is None or not getattr(train_set, "num_classes", None):
         raise UserError(f"dataset {dataset!r} has no class labels, which the evaluation classifier needs; "
                         "use --extractor inception")
@@ -163,7 +158,7 @@ def train_eval_classifier(dataset: str, *, root: str | None = None, resolution: 
     x, y = x.float().cpu(), y.long().cpu()
     test_split = "test"
     try:
-        test_set = _load_data(dataset, root=root, split="test", resolution=resolution, options=opts)
+        test_set = load_dataset(dataset, root=root, split="test", resolution=resolution, **opts)
         xt, yt = test_set.get_batch(torch.arange(len(test_set)))
         xt, yt = xt.float().cpu(), yt.long().cpu()
     except (UserError, OSError):
@@ -365,7 +360,7 @@ class _Reference:
     def dataset(self):
         if self._dataset is None:
             d = self.cfg.data
-            self._dataset = _load_data(d.name, root=d.root, split=d.split, resolution=d.resolution, options=d.options)
+            self._dataset = dataset_from_config(d)
         return self._dataset
 
     @property
@@ -415,9 +410,9 @@ def _likelihood_data(cfg: Any, m: int) -> tuple[Tensor, Tensor | None, str]:
     reported), else from the split the run trained on. Returns (x, labels, split name)."""
     d = cfg.data
     try:
-        ds, split = _load_data(d.name, root=d.root, split="test", resolution=d.resolution, options=d.options), "test"
+        ds, split = dataset_from_config(d, "test"), "test"
     except (UserError, OSError):
-        ds, split = _load_data(d.name, root=d.root, split=d.split, resolution=d.resolution, options=d.options), d.split
+        ds, split = dataset_from_config(d), d.split
     m = min(int(m), len(ds))
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(REAL_SUBSET_SEED))[:m].sort().values
     x, labels = ds.get_batch(idx)

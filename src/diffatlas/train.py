@@ -275,7 +275,7 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, log
 
 
 def _train(cfg: Config, run_dir: Path, *, progress: bool | None, log) -> dict[str, Any]:
-    from .data import load_dataset
+    from .data import dataset_from_config
 
     rank, world, local_rank = dist_info()
     done_path = run_dir / "DONE"
@@ -294,8 +294,7 @@ def _train(cfg: Config, run_dir: Path, *, progress: bool | None, log) -> dict[st
         torch.backends.cudnn.allow_tf32 = cfg.train.tf32
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its algorithms once per shape
 
-    dataset = load_dataset(cfg.data.name, root=cfg.data.root, split=cfg.data.split,
-                           resolution=cfg.data.resolution, **cfg.data.options)
+    dataset = dataset_from_config(cfg.data)
     per_rank = cfg.train.batch // world
     if not (done_path.exists() and rank == 0):  # refused before anything is written when a step cannot fit
         need, per_sample = _training_bytes(lambda: make_network(cfg, dataset.shape, dataset.num_classes),

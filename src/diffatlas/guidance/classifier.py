@@ -370,15 +370,15 @@ def train_noisy_classifier_for(run_or_config: str | Path, out_dir: str | Path, *
     This is what `diffatlas train-classifier --noisy RUN_OR_CONFIG -o OUT_DIR` calls."""
     from .. import validate
     from ..config import resolve
-    from ..data import load_dataset
+    from ..data import dataset_from_config
     from ..model import make_dynamics
 
     cfg = resolve(_config_of(run_or_config))
     device = validate.device(device)
     d = cfg.data
-    train_set = load_dataset(d.name, root=d.root, split=d.split, resolution=d.resolution, **d.options)
+    train_set = dataset_from_config(d)
     try:
-        test_set = load_dataset(d.name, root=d.root, split="test", resolution=d.resolution, **d.options)
+        test_set = dataset_from_config(d, "test")
     except (UserError, OSError):
         test_set = None
     dynamics = make_dynamics(cfg)

@@ -31,12 +31,12 @@ from ..io import atomic_write, atomic_write_text
 
 def _real_images(cfg: Any) -> tuple[Tensor, Tensor, str]:
     """Real images and labels of the run's dataset: the test split when it has one, else its own split."""
-    from ..data import load_dataset
+    from ..data import dataset_from_config
 
     d = cfg.data
     for split in ("test", d.split):
         try:
-            ds = load_dataset(d.name, root=d.root, split=split, resolution=d.resolution, **d.options)
+            ds = dataset_from_config(d, split)
         except (UserError, OSError):
             continue
         if ds.labels is None:

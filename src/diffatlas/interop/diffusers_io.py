@@ -369,7 +369,7 @@ def import_diffusers(path: str | Path, run_dir: str | Path, overrides: list[str]
     from ..checkpoint import save_snapshot
     from ..io import atomic_write_json, atomic_write_text
     from ..config import apply_overrides, dump_yaml, from_dict, parse_override, resolve
-    from ..data import load_dataset
+    from ..data import dataset_from_config
     from ..model import make_denoiser, make_dynamics, make_network
     from ..train import describe_network
 
@@ -399,7 +399,7 @@ def import_diffusers(path: str | Path, run_dir: str | Path, overrides: list[str]
     cfg = resolve(from_dict(apply_overrides(data, list(overrides))))
 
     d = cfg.data
-    dataset = load_dataset(d.name, root=d.root, split=d.split, resolution=d.resolution, **d.options)
+    dataset = dataset_from_config(d)
     size = unet.get("sample_size") or 0
     size = int(size if isinstance(size, int) else size[0])
     want = (int(unet.get("in_channels", 3)), size, size)
