@@ -13,8 +13,10 @@ from .dynamics.base import Dynamics, append_dims
 from .parameterization import get_parameterization
 
 
-# Largest sigma_hat the denoiser resolves: the upper clamp of Dynamics.c_noise.
-SIGMA_HAT_MAX = 1e5
+# Largest sigma_hat the denoiser resolves: the upper clamp of Dynamics.c_noise (the 1e5 there), so that
+# the clamped alpha below and the network's noise level agree. Training can reach it (rectified flow draws t
+# up to 1, where sigma_hat -> inf); sampling does not: grids stop at schedules.GRID_SIGMA_HAT_MAX = 1e4.
+DENOISER_SIGMA_HAT_MAX = 1e5
 
 
 def per_sample(t: Tensor | float, x: Tensor) -> Tensor:
@@ -52,8 +54,9 @@ class Denoiser(nn.Module):
         # sigma_hat), i.e. evaluate at a time within 1e-5 of t. Parameterizations with a finite limit
         # (x0, v, edm) then give a finite D; elsewhere nothing changes.
         s_raw = self.dynamics.sigma_hat(t)
-        s = s_raw.clamp(max=SIGMA_HAT_MAX)
-        alpha = torch.where(s_raw > SIGMA_HAT_MAX, self.dynamics.sigma(t) / SIGMA_HAT_MAX, self.dynamics.alpha(t))
+        s = s_raw.clamp(max=DENOISER_SIGMA_HAT_MAX)
+        alpha = torch.where(s_raw > DENOISER_SIGMA_HAT_MAX, self.dynamics.sigma(t) / DENOISER_SIGMA_HAT_MAX,
+                            self.dynamics.alpha(t))
         c_skip, c_out, c_in = (append_dims(c, x.ndim) for c in self.parameterization(s, self.sigma_data))
         x_hat = x.to(dtype) / append_dims(alpha, x.ndim)
         return x_hat, c_skip, c_out, c_in
