@@ -65,9 +65,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import hashlib
-
-    from .config import dump_yaml, load_config, to_dict
+    from .config import config_hash, dump_yaml, load_config
     from .train import train
 
     config, overrides = args.config, list(args.overrides)
@@ -80,7 +78,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.run_dir:
         run_dir = Path(args.run_dir)
     else:
-        digest = hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:8]
+        digest = config_hash(cfg)[:8]
         run_dir = Path("runs") / f"{cfg.dynamics.name}-{cfg.data.name}-{digest}"
     progress = {"auto": None, "bar": True, "lines": False}[args.progress]
     done = train(cfg, run_dir, progress=progress)
