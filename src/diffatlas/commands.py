@@ -227,21 +227,13 @@ def cmd_snr_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    import torch
-
-    from .checkpoint import atomic_write_text
     from .data import dataset_from_config
-    from .doctor import diagnose
+    from .doctor import DOCTOR_FILE, check_run
     from .sampling import load_run
 
     run = load_run(args.run, args.snapshot)
-    validate.writable_file(Path(args.run) / "doctor.json", "doctor record")
-    d = run.cfg.data
-    ds = dataset_from_config(d)
-    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:64]
-    x, _ = ds.get_batch(idx)
-    report = diagnose(run.denoiser, x, num_classes=run.num_classes, generator=torch.Generator().manual_seed(0))
-    atomic_write_text(Path(args.run) / "doctor.json", json.dumps(report.to_dict(), indent=1))
+    validate.writable_file(Path(args.run) / DOCTOR_FILE, "doctor record")
+    report = check_run(run.denoiser, dataset_from_config(run.cfg.data), args.run, num_classes=run.num_classes)
     print(json.dumps(report.to_dict(), indent=1))
     if not report.ok:
         print("diffatlas: error: " + "; ".join(report.problems), file=sys.stderr)

@@ -9,7 +9,6 @@ the same steps (same data order, same noise) as an uninterrupted run.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import platform
@@ -462,15 +461,10 @@ def _train(cfg: Config, run_dir: Path, *, progress: bool | None, log) -> dict[st
 
 def run_doctor(cfg: Config, ema: nn.Module, dynamics, dataset, run_dir: Path, log=print) -> bool:
     """Check that the trained (EMA) network uses its noise level and class label; record doctor.json."""
-    from .doctor import diagnose
+    from .doctor import check_run
 
-    gen = torch.Generator().manual_seed(0)
-    idx = torch.randperm(len(dataset), generator=gen)[:64]
-    x, _ = dataset.get_batch(idx)
-    denoiser = make_denoiser(cfg, ema, dynamics)
-    report = diagnose(denoiser, x, num_classes=dataset.num_classes if cfg.network.conditional else None,
-                      generator=torch.Generator(device=x.device).manual_seed(0))
-    atomic_write_text(run_dir / "doctor.json", json.dumps(report.to_dict(), indent=1))
+    report = check_run(make_denoiser(cfg, ema, dynamics), dataset, run_dir,
+                       num_classes=dataset.num_classes if cfg.network.conditional else None)
     if not report.ok:
         log("doctor: error: " + "; ".join(report.problems))
     return bool(report.ok)
