@@ -463,6 +463,19 @@ def read_saved_module(cls: Callable[..., Any], meta_path: Path, weights_path: Pa
     return module, meta
 
 
+def write_saved_module(state: Mapping[str, Any], meta_path: Path, weights_path: Path, *, format: str,
+                       record: Mapping[str, Any], weights_hash: Callable[[dict], str]) -> None:
+    """Save a module the way :func:`read_saved_module` reads it: its state as safetensors (metadata
+    {"format": format}) and the JSON record {format, weights_hash, **record} (record: kwargs, architecture,
+    info, ...), each written atomically, the weights first, so a record never names weights not yet there."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    atomic_write_bytes(weights_path, save(state, metadata={"format": format}))
+    atomic_write_json(meta_path, {"format": format, "weights_hash": weights_hash(state), **record}, sort_keys=True,
+                      default=str)
+
+
 def read_torch(path: str | Path, what: str, fix: str = "", map_location: Any = "cpu") -> Any:
     """A torch.save file of tensors, numbers and containers, loaded with weights_only=True (no code runs)."""
     import torch

@@ -307,19 +307,15 @@ def train_noisy_classifier(dataset: Any, dynamics: Dynamics, *, steps: int = 200
 # ---- save / load ------------------------------------------------------------------------------------
 
 def save_noisy_classifier(out_dir: str | Path, model: NoiseAwareClassifier, info: dict[str, Any] | None = None) -> Path:
-    """Write noisy_classifier.safetensors and noisy_classifier.json (atomically) into out_dir (created)."""
-    from safetensors.torch import save
-
-    from ..io import atomic_write_bytes, atomic_write_json
+    """Write noisy_classifier.safetensors and noisy_classifier.json (atomically, :func:`io.write_saved_module`)
+    into out_dir (created)."""
+    from ..io import write_saved_module
     from ..metrics.extractors import state_dict_hash
 
     path = Path(out_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": NOISY_FORMAT, "architecture": "NoiseAwareClassifier", "kwargs": model.kwargs,
-            "weights_hash": state_dict_hash(state), "info": dict(info or {})}
-    atomic_write_bytes(path / NOISY_WEIGHTS, save(state, metadata={"format": NOISY_FORMAT}))
-    atomic_write_json(path / NOISY_META, meta, sort_keys=True, default=str)
+    record = {"architecture": "NoiseAwareClassifier", "kwargs": model.kwargs, "info": dict(info or {})}
+    write_saved_module(model.state_dict(), path / NOISY_META, path / NOISY_WEIGHTS, format=NOISY_FORMAT,
+                       record=record, weights_hash=state_dict_hash)
     return path
 
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UserError
-from ..io import atomic_write_bytes, atomic_write_json
+from ..io import write_saved_module
 from ..registry import Registry
 
 EXTRACTORS: Registry = Registry("extractor")
@@ -342,22 +342,12 @@ def save_classifier(path_dir: str | Path, model: ClassifierExtractor, info: dict
     """Save weights as ``model.safetensors`` and metadata as ``classifier.json`` in path_dir (created).
 
     The JSON records the format, the architecture kwargs, the data set, the training info (test
-    accuracy, ...) and the weights hash; both files are written atomically (temp file + os.replace)."""
-    from safetensors.torch import save
-
+    accuracy, ...) and the weights hash; both files are written atomically (:func:`io.write_saved_module`)."""
     path = Path(path_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
-    meta = {
-        "format": CLASSIFIER_FORMAT,
-        "architecture": "SmallCNN",
-        "kwargs": model.arch,
-        "dataset": model.dataset,
-        "weights_hash": model.weights_hash,
-        "info": {**model.info, **(info or {})},
-    }
-    atomic_write_bytes(path / CLASSIFIER_WEIGHTS, save(state, metadata={"format": CLASSIFIER_FORMAT}))
-    atomic_write_json(path / CLASSIFIER_META, meta, indent=2, sort_keys=True)
+    record = {"architecture": "SmallCNN", "kwargs": model.arch, "dataset": model.dataset,
+              "info": {**model.info, **(info or {})}}
+    write_saved_module(model.net.state_dict(), path / CLASSIFIER_META, path / CLASSIFIER_WEIGHTS,
+                       format=CLASSIFIER_FORMAT, record=record, weights_hash=state_dict_hash)
     return path
 
 
