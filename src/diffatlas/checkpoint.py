@@ -13,8 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from .errors import UserError
-from .io import (atomic_dir, atomic_write_text, file_error, read_json, read_jsonl, read_safetensors,  # noqa: F401
-                 read_torch)
+from .io import atomic_dir, file_error, read_json, read_jsonl, read_safetensors, read_torch
 
 SNAPSHOT_PREFIX = "snapshot-"
 

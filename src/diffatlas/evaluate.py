@@ -51,10 +51,10 @@ import torch
 from torch import Tensor
 
 from . import validate
-from .checkpoint import atomic_write_text, list_snapshots, load_meta, read_dataset_info
+from .checkpoint import list_snapshots, load_meta, read_dataset_info
 from .data import dataset_from_config, load_dataset
 from .errors import UserError
-from .io import append_jsonl, atomic_write, atomic_write_json, cache_root, read_jsonl
+from .io import append_jsonl, atomic_write, atomic_write_json, atomic_write_text, cache_root, read_jsonl
 from .samplers.clip import resolve_clip
 from .samplers.plan import request_label
 from .sampling import generate, load_run, read_run_config, run_plan
