@@ -219,3 +219,21 @@ def test_report_serializes_and_bad_input_is_a_user_error():
     for bad in ({"x": x[:1]}, {"x": x, "num_classes": 1}, {"x": x, "labels": labels}, {"x": x, "levels": 1}):
         with pytest.raises(UserError):
             diagnose(den, **bad)
+
+
+def test_the_check_after_training_and_the_doctor_command_write_the_same_record(tmp_path):
+    """One check of a run: training's (on its EMA network) and `diffatlas doctor` on the final snapshot."""
+    from diffatlas.cli import main
+    from diffatlas.config import load_config
+    from diffatlas.train import train
+
+    run = tmp_path / "run"
+    cfg = load_config(None, ["network.preset=unet-xs", "network.dropout=0.0", "train.batch=32", "train.kimg=0.064",
+                             "train.tick_kimg=0.032", "train.snapshot_kimg=0.064", "train.warmup_kimg=0.032",
+                             "train.doctor=true", "train.device=cpu"])
+    train(cfg, run, progress=False, log=lambda *_: None)
+    after_training = (run / "doctor.json").read_bytes()
+    (run / "doctor.json").unlink()
+    rc = main(["doctor", str(run)])
+    assert (run / "doctor.json").read_bytes() == after_training
+    assert rc == (0 if json.loads(after_training)["ok"] else 1)

@@ -17,7 +17,8 @@ from scipy import optimize, stats
 from diffatlas.dynamics import DDPM, DYNAMICS, EDM, NCSN, VESDE, VPSDE, Dynamics, RectifiedFlow, SubVPSDE
 from diffatlas.dynamics.discrete import max_pairwise_distance, ncsnv2_ratio
 from diffatlas.errors import UserError
-from diffatlas.schedules import BETA_SCHEDULES, GRIDS, beta_cosine, beta_linear, make_grid, sigma_karras
+from diffatlas.schedules import (BETA_SCHEDULES, GRID_SIGMA_HAT_MAX, GRIDS, beta_cosine, beta_linear, make_grid,
+                                 sigma_karras)
 
 NAMES = DYNAMICS.names()
 F64 = torch.float64
@@ -343,7 +344,7 @@ def test_karras_and_logsnr_grids_follow_their_laws(name):
     dyn = build(name)
     t = GRIDS.get("karras")(dyn, 12)  # the law itself (make_grid moves it onto a discrete process's steps)
     s = dyn.sigma_hat(t[1:-1])
-    ends = dyn.sigma_hat(torch.tensor([dyn.t_max, dyn.t_min], dtype=F64)).clamp(max=1e4)
+    ends = dyn.sigma_hat(torch.tensor([dyn.t_max, dyn.t_min], dtype=F64)).clamp(max=GRID_SIGMA_HAT_MAX)
     ref = sigma_karras(12, float(ends[1]), float(ends[0]))[1:-1]
     torch.testing.assert_close(s, ref, rtol=1e-6, atol=0)
     t = GRIDS.get("logsnr")(dyn, 12)

@@ -294,7 +294,7 @@ def test_default_guidance_classifier_is_trained_once_per_dataset_and_process(run
     assert len(calls) == 1 and ea[0]["guidance_classifier"] == eb[0]["guidance_classifier"]
     shared = E.default_noisy_classifier_dir(E.read_run_config(a))
     assert shared.is_dir() and calls[0] == shared.parent and not (a / E.NOISY_CLASSIFIER_DIR).exists()
-    assert not [p for p in shared.parent.iterdir() if p.name.startswith(".tmp-noisy-")]
+    assert not [p for p in shared.parent.iterdir() if p.name.startswith(".tmp-")]
     cfg = E.read_run_config(a)
     import dataclasses
     other = dataclasses.replace(cfg, dynamics=dataclasses.replace(cfg.dynamics, name="ncsn", options={}))

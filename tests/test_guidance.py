@@ -303,6 +303,18 @@ def test_guidance_sweep_writes_table_and_plot(tmp_path: Path) -> None:
     assert abs(float((ext_pred == labels).double().mean()) - rows[0]["class_accuracy"]) < 1e-12
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_noisy_classifier_on_a_missing_cuda_device_is_a_one_line_error(tmp_path: Path) -> None:
+    from diffatlas.config import dump_yaml, load_config
+    from diffatlas.guidance import train_noisy_classifier_for
+
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(dump_yaml(load_config(None, [])))
+    with pytest.raises(UserError, match=r"^--device=cuda but no CUDA device is available; use cpu or auto$"):
+        train_noisy_classifier_for(cfg, tmp_path / "clf", steps=1, device="cuda", log=None)
+    assert not (tmp_path / "clf").exists()
+
+
 # ---- end to end on digits (slow) -------------------------------------------------------------------------
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import re
 import time
@@ -47,6 +48,75 @@ def test_a_bad_complete_line_names_file_line_and_fix(tmp_path: Path) -> None:
     log.write_text('{"kimg": NaN}\n')
     with pytest.raises(UserError, match="not a number"):
         dio.read_jsonl(log, "the log", fields={"kimg": "number"})
+
+
+# ---- whole files -------------------------------------------------------------------------------
+
+def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    p = tmp_path / "stats.npz"
+    dio.atomic_write_bytes(p, b"old")
+
+    def write(f):
+        f.write(b"half a fi")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        dio.atomic_write(p, write)
+    assert p.read_bytes() == b"old"
+    assert [q.name for q in tmp_path.iterdir()] == ["stats.npz"]
+
+
+def test_atomic_files_get_the_permissions_of_a_plain_write(tmp_path: Path) -> None:
+    """Readable by whoever may read a plainly written file (a shared study folder), not 0600."""
+    plain = tmp_path / "plain.json"
+    plain.write_text("{}")
+    dio.atomic_write_json(tmp_path / "atomic.json", {"a": [1, 2]})
+    assert (tmp_path / "atomic.json").stat().st_mode == plain.stat().st_mode
+    assert (tmp_path / "atomic.json").read_text() == '{\n "a": [\n  1,\n  2\n ]\n}\n'
+
+
+def test_a_folder_is_published_whole_or_not_at_all(tmp_path: Path) -> None:
+    final = tmp_path / "classifier"
+    with pytest.raises(RuntimeError, match="killed"):
+        with dio.atomic_dir(final) as tmp:
+            (tmp / "model.safetensors").write_bytes(b"weights")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []  # nothing published, no temporary folder left
+    final.mkdir()  # an empty folder in the way is replaced
+    with dio.atomic_dir(final) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".tmp-classifier-")
+        (tmp / "a.json").write_text("1")
+    assert [q.name for q in tmp_path.iterdir()] == ["classifier"] and (final / "a.json").read_text() == "1"
+    (tmp_path / "plain").mkdir()
+    assert final.stat().st_mode == (tmp_path / "plain").stat().st_mode  # not mkdtemp's 0700
+
+
+@pytest.mark.parametrize("if_exists, kept", [("error", "old"), ("keep", "old"), ("replace", "new")])
+def test_a_folder_already_published_is_kept_or_replaced_as_asked(tmp_path: Path, if_exists: str, kept: str) -> None:
+    final = tmp_path / "snapshot-000001.000"
+    final.mkdir()
+    (final / "meta.json").write_text("old")
+    with contextlib.ExitStack() as stack:
+        if if_exists == "error":
+            stack.enter_context(pytest.raises(OSError))
+        with dio.atomic_dir(final, if_exists=if_exists) as tmp:
+            (tmp / "meta.json").write_text("new")
+    assert (final / "meta.json").read_text() == kept
+    assert [q.name for q in tmp_path.iterdir()] == [final.name]
+
+
+def test_every_cache_is_under_one_root(monkeypatch, tmp_path: Path) -> None:
+    from diffatlas.data import load_dataset
+    from diffatlas.evaluate import default_classifier_dir
+    from diffatlas.metrics import reference
+
+    monkeypatch.setenv("DIFFATLAS_CACHE", "")  # empty is unset, not the working directory
+    assert dio.cache_root() == Path.home() / ".cache" / "diffatlas"
+    monkeypatch.setenv("DIFFATLAS_CACHE", str(tmp_path))
+    assert reference.default_cache_dir() == tmp_path / "refstats"
+    assert default_classifier_dir("digits").parent == tmp_path / "classifiers"
+    with pytest.raises(UserError, match=re.escape(str(tmp_path / "mnist"))):  # where downloaded data is looked for
+        load_dataset("mnist")
 
 
 # ---- YAML --------------------------------------------------------------------------------------

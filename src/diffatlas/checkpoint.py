@@ -5,9 +5,7 @@ never unpickle code."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +13,9 @@ import torch
 from safetensors.torch import save_file
 
 from .errors import UserError
-from .io import (atomic_write_text, file_error, fsync_dir, read_json, read_jsonl, read_safetensors,  # noqa: F401
-                 read_torch)
+from .io import atomic_dir, file_error, read_json, read_jsonl, read_safetensors, read_torch
 
 SNAPSHOT_PREFIX = "snapshot-"
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
 
 
 # ---- the logs and records of a run directory -------------------------------------------------
@@ -69,25 +61,13 @@ def save_snapshot(run_dir: Path, kimg: float, weights: dict[str, dict[str, torch
     weights: name -> state_dict, each saved as <name>.safetensors; state: nested tensors/numbers
     (optimizer, RNG, data order) saved with torch.save and loaded with weights_only=True; meta: JSON.
     """
-    root = Path(run_dir) / "snapshots"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / snapshot_name(kimg)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
-    try:
+    final = Path(run_dir) / "snapshots" / snapshot_name(kimg)
+    # if_exists="replace": a snapshot already there is an identical one from an interrupted earlier attempt
+    with atomic_dir(final, if_exists="replace") as tmp:
         for name, sd in weights.items():
             save_file(contiguous_state(sd), str(tmp / f"{name}.safetensors"))
         torch.save(state, tmp / "state.pt")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
-        for f in tmp.iterdir():
-            _fsync_file(f)
-        fsync_dir(tmp)
-        if final.exists():  # an identical snapshot from an interrupted earlier attempt
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        fsync_dir(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

@@ -64,14 +64,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_doctor)
 
 
-def _device(name: str) -> str:
-    return validate.device(name)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    import hashlib
-
-    from .config import dump_yaml, load_config, to_dict
+    from .config import config_hash, dump_yaml, load_config
     from .train import train
 
     config, overrides = args.config, list(args.overrides)
@@ -84,7 +78,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.run_dir:
         run_dir = Path(args.run_dir)
     else:
-        digest = hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:8]
+        digest = config_hash(cfg)[:8]
         run_dir = Path("runs") / f"{cfg.dynamics.name}-{cfg.data.name}-{digest}"
     progress = {"auto": None, "bar": True, "lines": False}[args.progress]
     done = train(cfg, run_dir, progress=progress)
@@ -111,7 +105,8 @@ def _parse_options(items: list[str]) -> dict:
 def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .checkpoint import atomic_write_text, read_dataset_info
+    from .checkpoint import read_dataset_info
+    from .io import atomic_write, atomic_write_json
     from .config import sampler_options
     from .sampling import load_run, read_run_config, sample_run, save_image_grid
 
@@ -131,7 +126,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         validate.figure_path(args.out, "--out")
     else:
         validate.writable_dir(Path(args.run) / "samples", "samples folder")
-    device = _device(args.device)
+    device = validate.device(args.device)
     cond, guidance = None, None
     if args.klass is not None or args.guidance:
         from .guidance import guidance_from_args
@@ -148,12 +143,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.run) / "samples" / f"{name}.png"
     save_image_grid(res["x"], out)
     npz = out.with_suffix(".npz")
-    tmp = npz.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, samples=res["x"].numpy(), seeds=np.arange(args.seed, args.seed + args.n),
-                        labels=(cond.cpu().numpy() if cond is not None else np.array([])))
-    tmp.replace(npz)
+    atomic_write(npz, lambda f: np.savez_compressed(f, samples=res["x"].numpy(), seeds=np.arange(args.seed, args.seed + args.n),
+                                                    labels=(cond.cpu().numpy() if cond is not None else np.array([]))))
     meta = {k: v for k, v in res.items() if k != "x"} | {"n": args.n, "guidance": args.guidance, "class": args.klass}
-    atomic_write_text(out.with_suffix(".json"), json.dumps(meta, indent=1))
+    atomic_write_json(out.with_suffix(".json"), meta)
     budget = f" of a budget of {res['nfe_budget']}" if res["nfe_budget"] else ""
     print(f"{args.n} samples ({res['sampler']}, {res['steps']} steps on the {res['grid']} grid, NFE {res['nfe']}{budget}, "
           f"x0 clip {res['clip']}, snapshot kimg {res['kimg']:g}): {out}  {npz}")
@@ -234,21 +227,13 @@ def cmd_snr_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    import torch
-
-    from .checkpoint import atomic_write_text
-    from .data import load_dataset
-    from .doctor import diagnose
+    from .data import dataset_from_config
+    from .doctor import DOCTOR_FILE, check_run
     from .sampling import load_run
 
     run = load_run(args.run, args.snapshot)
-    validate.writable_file(Path(args.run) / "doctor.json", "doctor record")
-    d = run.cfg.data
-    ds = load_dataset(d.name, root=d.root, split=d.split, resolution=d.resolution, **d.options)
-    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:64]
-    x, _ = ds.get_batch(idx)
-    report = diagnose(run.denoiser, x, num_classes=run.num_classes, generator=torch.Generator().manual_seed(0))
-    atomic_write_text(Path(args.run) / "doctor.json", json.dumps(report.to_dict(), indent=1))
+    validate.writable_file(Path(args.run) / DOCTOR_FILE, "doctor record")
+    report = check_run(run.denoiser, dataset_from_config(run.cfg.data), args.run, num_classes=run.num_classes)
     print(json.dumps(report.to_dict(), indent=1))
     if not report.ok:
         print("diffatlas: error: " + "; ".join(report.problems), file=sys.stderr)

@@ -12,7 +12,9 @@ names raise UserError with one line naming the valid choices.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
+import json
 import types
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -122,6 +124,14 @@ def to_dict(cfg: Any) -> Any:
     if isinstance(cfg, dict):
         return {k: to_dict(v) for k, v in cfg.items()}
     return cfg
+
+
+def config_hash(cfg: Any, run_dir: str | Path | None = None) -> str:
+    """The identity of a resolved config: 12 hex digits of sha256(JSON of the config, sorted keys). With
+    `run_dir`, of {"config": ..., "run_dir": ...} (a finished run evaluated where it is). A study's run id;
+    `diffatlas train` without --run-dir names its folder by the first 8."""
+    record = to_dict(cfg) if run_dir is None else {"config": to_dict(cfg), "run_dir": str(run_dir)}
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 _suggest = validate.suggest

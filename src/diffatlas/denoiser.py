@@ -9,12 +9,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .dynamics.base import Dynamics, append_dims
+from .dynamics.base import DENOISER_SIGMA_HAT_MAX, Dynamics, append_dims
 from .parameterization import get_parameterization
 
 
-# Largest sigma_hat the denoiser resolves: the upper clamp of Dynamics.c_noise.
-SIGMA_HAT_MAX = 1e5
 
 
 def per_sample(t: Tensor | float, x: Tensor) -> Tensor:
@@ -52,8 +50,9 @@ class Denoiser(nn.Module):
         # sigma_hat), i.e. evaluate at a time within 1e-5 of t. Parameterizations with a finite limit
         # (x0, v, edm) then give a finite D; elsewhere nothing changes.
         s_raw = self.dynamics.sigma_hat(t)
-        s = s_raw.clamp(max=SIGMA_HAT_MAX)
-        alpha = torch.where(s_raw > SIGMA_HAT_MAX, self.dynamics.sigma(t) / SIGMA_HAT_MAX, self.dynamics.alpha(t))
+        s = s_raw.clamp(max=DENOISER_SIGMA_HAT_MAX)
+        alpha = torch.where(s_raw > DENOISER_SIGMA_HAT_MAX, self.dynamics.sigma(t) / DENOISER_SIGMA_HAT_MAX,
+                            self.dynamics.alpha(t))
         c_skip, c_out, c_in = (append_dims(c, x.ndim) for c in self.parameterization(s, self.sigma_data))
         x_hat = x.to(dtype) / append_dims(alpha, x.ndim)
         return x_hat, c_skip, c_out, c_in

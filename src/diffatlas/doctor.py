@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,6 +45,7 @@ from torch import Tensor
 from .denoiser import Denoiser
 from .dynamics.base import append_dims
 from .errors import UserError
+from .io import atomic_write_json
 
 # A log-SNR range wider than this says nothing more about noise conditioning (sigma_hat in [2e-3, 5e2]).
 _LOG_SNR_LIMIT = 2 * math.log(500.0)
@@ -264,3 +266,18 @@ def _label_test(denoiser: Denoiser, report: DoctorReport, u: Tensor, x64: Tensor
         report.problems.append(
             f"label-blind: the network output changes by {ratio:.2%} of the reference ({kind}) across "
             f"{c} class labels (threshold {threshold:.0%}); it ignores its class condition")
+
+
+DOCTOR_FILE = "doctor.json"  # RUN/<this>: the record of the doctor's check of a run
+CHECK_SAMPLES = 64  # images of the run's dataset the check examines
+
+
+def check_run(denoiser: Denoiser, dataset: Any, run_dir: str | Path, num_classes: int | None = None) -> DoctorReport:
+    """The doctor's check of a run, the same after training and from `diffatlas doctor`: `diagnose` on
+    CHECK_SAMPLES images of the run's dataset (the first of a seed-0 permutation), its noise from seed 0;
+    recorded in RUN/doctor.json. num_classes: a conditional network's classes (None skips the label test)."""
+    idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))[:CHECK_SAMPLES]
+    x, _ = dataset.get_batch(idx)
+    report = diagnose(denoiser, x, num_classes=num_classes, generator=torch.Generator(device=x.device).manual_seed(0))
+    atomic_write_json(Path(run_dir) / DOCTOR_FILE, report.to_dict())
+    return report

@@ -38,9 +38,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -51,9 +48,10 @@ import torch
 from torch import Tensor
 
 from . import validate
-from .checkpoint import atomic_write_text, list_snapshots, load_meta, read_dataset_info
+from .checkpoint import list_snapshots, load_meta, read_dataset_info
+from .data import dataset_from_config, load_dataset
 from .errors import UserError
-from .io import append_jsonl, read_jsonl
+from .io import append_jsonl, atomic_dir, atomic_write, atomic_write_json, atomic_write_text, cache_root, read_jsonl
 from .samplers.clip import resolve_clip
 from .samplers.plan import request_label
 from .sampling import generate, load_run, read_run_config, run_plan
@@ -75,10 +73,6 @@ LogFn = Callable[[str], Any]
 # ------------------------------------------------------------------------------------------------
 # small helpers
 # ------------------------------------------------------------------------------------------------
-def _device(name: str | torch.device | None) -> torch.device:
-    return torch.device(validate.device("auto" if name is None else str(name)))
-
-
 def _quiet(_: str) -> None:
     return None
 
@@ -103,12 +97,6 @@ def _options_text(options: dict[str, Any] | None) -> str:
     return json.dumps(_json_clean(options or {}), sort_keys=True)
 
 
-def cache_root() -> Path:
-    """$DIFFATLAS_CACHE if set, else ~/.cache/diffatlas."""
-    root = os.environ.get("DIFFATLAS_CACHE")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "diffatlas"
-
-
 def data_id(name: str, resolution: int | None = None, options: dict[str, Any] | None = None,
             root: str | None = None, *, with_root: bool = False) -> str:
     """A name for a dataset variant: ``<name>-<resolution>`` (resolution 0 = native), plus 8 hex digits of
@@ -127,12 +115,6 @@ def default_classifier_dir(name: str, resolution: int | None = None, options: di
     """``$DIFFATLAS_CACHE/classifiers/<dataset>-<resolution>`` (or under ~/.cache/diffatlas): where the
     evaluation classifier of a dataset variant lives. resolution None/0 means the native size."""
     return cache_root() / "classifiers" / data_id(name, resolution, options)
-
-
-def _load_data(name: str, *, root: str | None, split: str, resolution: int | None, options: dict[str, Any]):
-    from .data import load_dataset
-
-    return load_dataset(name, root=root, split=split, resolution=resolution, **(options or {}))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -158,7 +140,7 @@ def train_eval_classifier(dataset: str, *, root: str | None = None, resolution: 
 
     log = log or _quiet
     opts = dict(options or {})
-    train_set = _load_data(dataset, root=root, split="train", resolution=resolution, options=opts)
+    train_set = load_dataset(dataset, root=root, split="train", resolution=resolution, **opts)
     if getattr(train_set, "labels", None) is None or not getattr(train_set, "num_classes", None):
         raise UserError(f"dataset {dataset!r} has no class labels, which the evaluation classifier needs; "
                         "use --extractor inception")
@@ -169,7 +151,7 @@ def train_eval_classifier(dataset: str, *, root: str | None = None, resolution: 
     x, y = x.float().cpu(), y.long().cpu()
     test_split = "test"
     try:
-        test_set = _load_data(dataset, root=root, split="test", resolution=resolution, options=opts)
+        test_set = load_dataset(dataset, root=root, split="test", resolution=resolution, **opts)
         xt, yt = test_set.get_batch(torch.arange(len(test_set)))
         xt, yt = xt.float().cpu(), yt.long().cpu()
     except (UserError, OSError):
@@ -179,7 +161,7 @@ def train_eval_classifier(dataset: str, *, root: str | None = None, resolution: 
         test_split = "holdout-10%-of-train"
     if epochs is None:
         epochs = 20 if x.shape[0] <= 20_000 else 10
-    dev = _device(device)
+    dev = torch.device(validate.device(device))
     log(f"training the evaluation classifier for {dataset} ({x.shape[0]} images {tuple(x.shape[1:])}, "
         f"{epochs} epochs, {dev.type})")
     ext, info = train_classifier(x, y, xt, yt, epochs=int(epochs), batch_size=batch_size, lr=lr, seed=seed,
@@ -207,20 +189,10 @@ def evaluation_classifier(dataset: str, *, root: str | None = None, resolution: 
     final = default_classifier_dir(dataset, resolution, options)
     if not (final / "classifier.json").is_file():
         log(f"no evaluation classifier for {final.name} at {final}: training one (cached for later evaluations)")
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
-        try:
+        with atomic_dir(final, if_exists="keep") as tmp:  # another process got there first: use theirs
             train_eval_classifier(dataset, root=root, resolution=resolution, options=options, out_dir=tmp,
                                   device=device, log=log)
-            try:
-                if final.exists() and not any(final.iterdir()):
-                    final.rmdir()
-                os.rename(tmp, final)
-                log(f"evaluation classifier cached at {final}")
-            except OSError:
-                pass  # another process got there first: use theirs
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        log(f"evaluation classifier cached at {final}")
     return load_classifier(final, device=device)
 
 
@@ -371,7 +343,7 @@ class _Reference:
     def dataset(self):
         if self._dataset is None:
             d = self.cfg.data
-            self._dataset = _load_data(d.name, root=d.root, split=d.split, resolution=d.resolution, options=d.options)
+            self._dataset = dataset_from_config(d)
         return self._dataset
 
     @property
@@ -421,9 +393,9 @@ def _likelihood_data(cfg: Any, m: int) -> tuple[Tensor, Tensor | None, str]:
     reported), else from the split the run trained on. Returns (x, labels, split name)."""
     d = cfg.data
     try:
-        ds, split = _load_data(d.name, root=d.root, split="test", resolution=d.resolution, options=d.options), "test"
+        ds, split = dataset_from_config(d, "test"), "test"
     except (UserError, OSError):
-        ds, split = _load_data(d.name, root=d.root, split=d.split, resolution=d.resolution, options=d.options), d.split
+        ds, split = dataset_from_config(d), d.split
     m = min(int(m), len(ds))
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(REAL_SUBSET_SEED))[:m].sort().values
     x, labels = ds.get_batch(idx)
@@ -487,12 +459,8 @@ def _train_shared_noisy_classifier(run_dir: Path, final: Path, device: torch.dev
             return
         log(f"no guidance classifier given: training the noise-aware classifier of this dataset and process "
             f"into {final} (shared by every run with the same data and process)")
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=".tmp-noisy-"))
-        try:
+        with atomic_dir(final, if_exists="keep") as tmp:
             train_noisy_classifier_for(run_dir, tmp, device=device, log=log)
-            os.rename(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _guidance_classifier(run_dir: Path, cfg: Any, shape: tuple[int, ...], k: int | None, snapshot: Path,
@@ -627,7 +595,7 @@ def evaluate_run(
     clip = resolve_clip(clip or cfg.sample.clip, shape)
     parsed = parse_guidance_spec(guidance)
     guidance_label = f"{parsed[0]}:{parsed[1]:g}" if parsed else None
-    dev = _device(device)
+    dev = torch.device(validate.device(device))
     _check_request(run_dir, shape, n, seed)
     conditional = bool(cfg.network.conditional)
     if parsed is not None and parsed[0] == "cfg":  # fail before any work: cfg needs a conditional run
@@ -858,10 +826,8 @@ def plot_curves(run_dir: str | Path, metric: str = "fid", out: str | Path | None
         ax.legend(fontsize=7)
         fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -926,7 +892,7 @@ def sample_size_run(
     plan = run_plan(cfg, make_dynamics(cfg), sampler=sampler, steps=steps, grid=grid, options=options, nfe=nfe)
     sampler, grid, steps, opts = plan.sampler, plan.grid, plan.steps, plan.options
     clip = resolve_clip(clip or cfg.sample.clip, shape)
-    dev = _device(device)
+    dev = torch.device(validate.device(device))
     validate.seeds(seed, ns[-1], "seed")
     per = 4 * math.prod(shape) * 3
     validate.memory(per * ns[-1], f"{ns[-1]} samples of shape {tuple(shape)}", "cpu", per, "samples")
@@ -967,7 +933,7 @@ def sample_size_run(
               "dataset": reference.data_id, "reference_split": reference.split, "n_real": ref.n,
               "rows": rows, "summary": summary, "verdict": verdict}
     json_path, md_path = png.with_suffix(".json"), png.with_suffix(".md")
-    atomic_write_text(json_path, json.dumps(result, indent=1) + "\n")
+    atomic_write_json(json_path, result)
     atomic_write_text(md_path, sample_size_markdown(result))
     result.update({"png": str(png), "json": str(json_path), "md": str(md_path)})
     return result

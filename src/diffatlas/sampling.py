@@ -17,6 +17,7 @@ from .config import Config, from_dict
 from .denoiser import Denoiser
 from .dynamics import Dynamics
 from .errors import UserError
+from .io import atomic_write
 from .registry import UnknownNameError
 from .model import make_denoiser, make_dynamics, make_network
 from .samplers.clip import clip_denoiser, resolve_clip
@@ -167,9 +168,7 @@ def save_image_grid(x: Tensor, path: str | Path, nrow: int | None = None) -> Pat
     pil = Image.fromarray(img[..., 0] if c == 1 else img)
     if scale > 1:
         pil = pil.resize((pil.width * scale, pil.height * scale), Image.NEAREST)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    pil.save(tmp, format="PNG")
-    tmp.replace(path)
+    atomic_write(path, lambda f: pil.save(f, format="PNG"))
     return path
 
 

@@ -17,8 +17,12 @@ from .registry import Registry
 BETA_SCHEDULES: Registry = Registry("beta schedule")
 GRIDS: Registry = Registry("time grid")
 
-# Largest noise level a grid resolves in the scaled frame; beyond it x / alpha is pure noise.
-SIGMA_HAT_MAX = 1e4
+# Largest noise level a sampling grid starts from, in the scaled frame x / alpha: for data of scale ~1,
+# x / alpha at sigma_hat = 1e4 is pure noise to within 1e-4, so higher levels (rectified flow reaches
+# sigma_hat = inf at t = 1) add nothing but steps. It is below denoiser.DENOISER_SIGMA_HAT_MAX (1e5, the
+# largest level a network can tell apart, where c_noise is clamped) on purpose: every level a grid
+# visits is one the network sees unclamped. The two are different limits; neither may follow the other.
+GRID_SIGMA_HAT_MAX = 1e4
 
 
 @BETA_SCHEDULES.register("linear", "betas linear in i from beta_min to beta_max (Ho et al. 2020)")
@@ -93,7 +97,7 @@ def grid_karras(dynamics, steps: int, rho: float = 7.0) -> Tensor:
     _check_steps(steps)
     t_ends = torch.tensor([dynamics.t_max, dynamics.t_min], dtype=torch.float64)
     # sigma_hat is infinite at t_max for processes that end in pure noise (rectified flow): clip it.
-    s_max, s_min = (float(v) for v in dynamics.sigma_hat(t_ends).clamp(max=SIGMA_HAT_MAX))
+    s_max, s_min = (float(v) for v in dynamics.sigma_hat(t_ends).clamp(max=GRID_SIGMA_HAT_MAX))
     if steps == 1:
         return t_ends[:1]
     t = dynamics.t_from_sigma_hat(sigma_karras(steps, s_min, s_max, rho))
@@ -105,7 +109,7 @@ def grid_karras(dynamics, steps: int, rho: float = 7.0) -> Tensor:
 def grid_logsnr(dynamics, steps: int) -> Tensor:
     _check_steps(steps)
     t_ends = torch.tensor([dynamics.t_max, dynamics.t_min], dtype=torch.float64)
-    lam_lo, lam_hi = (float(v) for v in dynamics.log_snr(t_ends).clamp(min=-2 * math.log(SIGMA_HAT_MAX)))
+    lam_lo, lam_hi = (float(v) for v in dynamics.log_snr(t_ends).clamp(min=-2 * math.log(GRID_SIGMA_HAT_MAX)))
     if steps == 1:
         return t_ends[:1]
     t = dynamics.t_from_log_snr(torch.linspace(lam_lo, lam_hi, steps, dtype=torch.float64))

@@ -9,7 +9,6 @@ the same steps (same data order, same noise) as an uninterrupted run.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import platform
@@ -25,12 +24,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from . import __version__, validate
-from .checkpoint import (DATASET_FILE, STATS_FILE, atomic_write_text, list_snapshots, load_meta, load_state,
+from .checkpoint import (DATASET_FILE, STATS_FILE, list_snapshots, load_meta, load_state,
                          load_weights, read_stats, remove_interrupted_writes, remove_old_snapshots, save_snapshot,
                          snapshot_mismatch)
 from .config import Config, dump_yaml, resolve, to_dict
 from .errors import UserError
-from .io import append_jsonl, exclusive, parse_yaml, read_json, read_text
+from .io import (append_jsonl, atomic_write_json, atomic_write_text, exclusive, parse_yaml, read_json, read_text,
+                 rewrite_jsonl)
 from .losses import denoising_loss
 from .model import make_denoiser, make_dynamics, make_network
 from .tensorboard_log import RunLog
@@ -44,10 +44,6 @@ def dist_info() -> tuple[int, int, int]:
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     return rank, world, local
-
-
-def pick_device(name: str, local_rank: int = 0) -> torch.device:
-    return torch.device(validate.device(name, "train.device", local_rank))
 
 
 # ---- data order ---------------------------------------------------------------------------
@@ -237,8 +233,7 @@ def _truncate_stats(run_dir: Path, step: int) -> None:
     records = read_stats(run_dir)
     keep = [d for d in records if isinstance(d.get("step"), int) and d["step"] <= step]
     if len(keep) != len(records) or path.read_bytes()[-1:] not in (b"", b"\n"):
-        rewrite = "".join(json.dumps(d) + "\n" for d in keep)
-        atomic_write_text(path, rewrite)
+        rewrite_jsonl(path, keep)
 
 
 DONE_FIELDS = {"kimg": "number", "step": "integer"}
@@ -279,14 +274,14 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, log
 
 
 def _train(cfg: Config, run_dir: Path, *, progress: bool | None, log) -> dict[str, Any]:
-    from .data import load_dataset
+    from .data import dataset_from_config
 
     rank, world, local_rank = dist_info()
     done_path = run_dir / "DONE"
     if cfg.train.batch % world:
         raise UserError(f"train.batch={cfg.train.batch} must be divisible by the number of processes ({world})")
 
-    device = pick_device(cfg.train.device, local_rank)
+    device = torch.device(validate.device(cfg.train.device, "train.device", local_rank))
     graphs = records_cuda_graphs(cfg, device, world)
     launched = "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ  # started by torchrun
     if launched and not dist.is_initialized():
@@ -298,8 +293,7 @@ def _train(cfg: Config, run_dir: Path, *, progress: bool | None, log) -> dict[st
         torch.backends.cudnn.allow_tf32 = cfg.train.tf32
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its algorithms once per shape
 
-    dataset = load_dataset(cfg.data.name, root=cfg.data.root, split=cfg.data.split,
-                           resolution=cfg.data.resolution, **cfg.data.options)
+    dataset = dataset_from_config(cfg.data)
     per_rank = cfg.train.batch // world
     if not (done_path.exists() and rank == 0):  # refused before anything is written when a step cannot fit
         need, per_sample = _training_bytes(lambda: make_network(cfg, dataset.shape, dataset.num_classes),
@@ -311,10 +305,9 @@ def _train(cfg: Config, run_dir: Path, *, progress: bool | None, log) -> dict[st
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
-        atomic_write_text(run_dir / "environment.json", json.dumps(environment(device, cfg, world), indent=1))
-        atomic_write_text(run_dir / DATASET_FILE, json.dumps(
-            {"name": dataset.name, "split": cfg.data.split, "shape": list(dataset.shape),
-             "num_classes": dataset.num_classes, "size": len(dataset)}, indent=1))
+        atomic_write_json(run_dir / "environment.json", environment(device, cfg, world))
+        atomic_write_json(run_dir / DATASET_FILE, {"name": dataset.name, "split": cfg.data.split, "shape": list(dataset.shape),
+                                                   "num_classes": dataset.num_classes, "size": len(dataset)})
     if done_path.exists():  # a finished run whose dataset record was missing: it is written again above
         return read_json(done_path, "run record", fields=DONE_FIELDS, fix="delete it and train again")
 
@@ -324,8 +317,7 @@ def _train(cfg: Config, run_dir: Path, *, progress: bool | None, log) -> dict[st
     net = make_network(cfg, dataset.shape, dataset.num_classes).to(device)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     if rank == 0:
-        atomic_write_text(run_dir / "network.json", json.dumps(describe_network(cfg, net, dataset.shape), indent=1,
-                                                                 default=str))
+        atomic_write_json(run_dir / "network.json", describe_network(cfg, net, dataset.shape), default=str)
     # The fused update: one kernel (CUDA) or one vectorised loop (CPU) for all parameters.
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.train.lr, betas=cfg.train.betas,
                             weight_decay=cfg.train.weight_decay, fused=device.type in ("cuda", "cpu"))
@@ -461,7 +453,7 @@ def _train(cfg: Config, run_dir: Path, *, progress: bool | None, log) -> dict[st
     if rank == 0:
         if cfg.train.doctor:
             record["doctor_ok"] = run_doctor(cfg, ema, dynamics, dataset, run_dir, log)
-        atomic_write_text(done_path, json.dumps(record))
+        atomic_write_json(done_path, record, indent=None)
     if dist.is_initialized():
         dist.barrier()
     return record
@@ -469,15 +461,10 @@ def _train(cfg: Config, run_dir: Path, *, progress: bool | None, log) -> dict[st
 
 def run_doctor(cfg: Config, ema: nn.Module, dynamics, dataset, run_dir: Path, log=print) -> bool:
     """Check that the trained (EMA) network uses its noise level and class label; record doctor.json."""
-    from .doctor import diagnose
+    from .doctor import check_run
 
-    gen = torch.Generator().manual_seed(0)
-    idx = torch.randperm(len(dataset), generator=gen)[:64]
-    x, _ = dataset.get_batch(idx)
-    denoiser = make_denoiser(cfg, ema, dynamics)
-    report = diagnose(denoiser, x, num_classes=dataset.num_classes if cfg.network.conditional else None,
-                      generator=torch.Generator(device=x.device).manual_seed(0))
-    atomic_write_text(run_dir / "doctor.json", json.dumps(report.to_dict(), indent=1))
+    report = check_run(make_denoiser(cfg, ema, dynamics), dataset, run_dir,
+                       num_classes=dataset.num_classes if cfg.network.conditional else None)
     if not report.ok:
         log("doctor: error: " + "; ".join(report.problems))
     return bool(report.ok)

@@ -256,12 +256,13 @@ def device_name(name: Any, where: str = "--device") -> str:
     return text
 
 
-def device(name: Any, where: str = "--device", local_rank: int = 0) -> str:
-    """A usable device for `name`: auto -> cuda:<local_rank> when CUDA is available, else cpu.
-    A CUDA or MPS device that this machine does not have is refused with what it has."""
+def device(name: Any = "auto", where: str = "--device", local_rank: int = 0) -> str:
+    """The one device picker: a usable device for `name` (a string, a torch.device, or None for auto):
+    auto -> cuda:<local_rank> when CUDA is available, else cpu. A CUDA or MPS device that this machine does
+    not have is refused with what it has. Wrap in torch.device() where a device object is needed."""
     import torch
 
-    text = device_name(name, where)
+    text = device_name("auto" if name is None else name, where)
     cuda = torch.cuda.is_available()
     if text == "auto":
         return f"cuda:{local_rank}" if cuda else "cpu"

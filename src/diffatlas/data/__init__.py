@@ -80,6 +80,13 @@ def load_dataset(
     return factory(root=root, split=split, resolution=resolution, download=download, **options)
 
 
+def dataset_from_config(data: Any, split: str | None = None) -> ImageDataset:
+    """The dataset of a config's data section (name, root, resolution, options), on its own split or on
+    `split` (e.g. "test" for held-out data)."""
+    return load_dataset(data.name, root=data.root, split=data.split if split is None else split,
+                        resolution=data.resolution, **data.options)
+
+
 __all__ = [
     "DATASETS",
     "TOY2D_KINDS",
@@ -87,6 +94,7 @@ __all__ = [
     "GaussianMixture",
     "ImageDataset",
     "LazyImageDataset",
+    "dataset_from_config",
     "dataset_options",
     "gaussian",
     "load_dataset",

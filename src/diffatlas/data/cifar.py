@@ -23,7 +23,8 @@ import torch
 
 from ..errors import UserError
 from .base import ImageDataset, pad_or_resize
-from .download import cache_root, download_file, md5_file
+from ..io import cache_root
+from .download import download_file, md5_file
 
 BASE_FOLDER = "cifar-10-batches-py"
 ARCHIVE_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"

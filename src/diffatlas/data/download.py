@@ -1,4 +1,4 @@
-"""Checksummed downloads with urllib (only when a user asks with download=True) and data roots."""
+"""Checksummed downloads with urllib (only when a user asks with download=True)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import UserError
-
-
-def cache_root() -> Path:
-    """Where downloaded data sets go by default: $DIFFATLAS_CACHE or ~/.cache/diffatlas."""
-    return Path(os.environ.get("DIFFATLAS_CACHE", "~/.cache/diffatlas")).expanduser()
 
 
 def md5_file(path: str | Path, chunk: int = 1 << 20) -> str:

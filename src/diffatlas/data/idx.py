@@ -20,7 +20,8 @@ import torch
 
 from ..errors import UserError
 from .base import ImageDataset, pad_or_resize
-from .download import cache_root, download_file
+from ..io import cache_root
+from .download import download_file
 
 IDX_UBYTE = 0x08
 

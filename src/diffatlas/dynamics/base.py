@@ -28,6 +28,12 @@ def append_dims(v: Tensor, ndim: int) -> Tensor:
     return v.reshape(v.shape + (1,) * (ndim - v.ndim))
 
 
+# Largest sigma_hat a denoiser resolves: the upper clamp of c_noise, so that the denoiser's clamped alpha
+# (denoiser.py) and the network's noise level agree. Training can reach it (rectified flow draws t up to
+# 1, where sigma_hat -> inf); sampling does not: grids stop at schedules.GRID_SIGMA_HAT_MAX = 1e4.
+DENOISER_SIGMA_HAT_MAX = 1e5
+
+
 class Dynamics:
     """Base class of every forward process. Subclasses implement alpha, sigma, d_alpha, d_sigma.
 
@@ -76,7 +82,7 @@ class Dynamics:
 
     def c_noise(self, t: Tensor) -> Tensor:
         """The noise conditioning value the network sees: log(sigma_hat) / 4 (Karras et al. 2022, Table 1)."""
-        return 0.25 * torch.log(self.sigma_hat(t).clamp(1e-5, 1e5))
+        return 0.25 * torch.log(self.sigma_hat(t).clamp(1e-5, DENOISER_SIGMA_HAT_MAX))
 
     def noise(self, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
         """x_t = alpha(t) x0 + sigma(t) eps; t has shape (N,) for x0 of shape (N, ...)."""

@@ -15,11 +15,12 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..schedules import GRID_SIGMA_HAT_MAX
 from .base import Dynamics
 
 X_AXES = ("t", "fraction")
-# log-SNR is -inf where alpha = 0 (rectified flow at t = 1); plots clip it here.
-_LOG_SNR_FLOOR = -2 * math.log(1e4)
+# log-SNR is -inf where alpha = 0 (rectified flow at t = 1); plots clip it where sampling grids start.
+_LOG_SNR_FLOOR = -2 * math.log(GRID_SIGMA_HAT_MAX)
 
 
 def log_snr_curve(dynamics: Dynamics, *, x: str = "t", points: int = 400,

@@ -309,23 +309,15 @@ def train_noisy_classifier(dataset: Any, dynamics: Dynamics, *, steps: int = 200
 # ---- save / load ------------------------------------------------------------------------------------
 
 def save_noisy_classifier(out_dir: str | Path, model: NoiseAwareClassifier, info: dict[str, Any] | None = None) -> Path:
-    """Write noisy_classifier.safetensors and noisy_classifier.json (atomically) into out_dir (created)."""
-    import os
-
-    from safetensors.torch import save_file
-
-    from ..checkpoint import atomic_write_text
+    """Write noisy_classifier.safetensors and noisy_classifier.json (atomically, :func:`io.write_saved_module`)
+    into out_dir (created)."""
+    from ..io import write_saved_module
     from ..metrics.extractors import state_dict_hash
 
     path = Path(out_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = {"format": NOISY_FORMAT, "architecture": "NoiseAwareClassifier", "kwargs": model.kwargs,
-            "weights_hash": state_dict_hash(state), "info": dict(info or {})}
-    tmp = path / (NOISY_WEIGHTS + ".tmp")
-    save_file(state, str(tmp), metadata={"format": NOISY_FORMAT})
-    os.replace(tmp, path / NOISY_WEIGHTS)  # atomic: a reader sees the old file or the new one
-    atomic_write_text(path / NOISY_META, json.dumps(meta, indent=1, sort_keys=True, default=str) + "\n")
+    record = {"architecture": "NoiseAwareClassifier", "kwargs": model.kwargs, "info": dict(info or {})}
+    write_saved_module(model.state_dict(), path / NOISY_META, path / NOISY_WEIGHTS, format=NOISY_FORMAT,
+                       record=record, weights_hash=state_dict_hash)
     return path
 
 
@@ -376,17 +368,17 @@ def train_noisy_classifier_for(run_or_config: str | Path, out_dir: str | Path, *
     when the dataset has one) and its dynamics. Saves to out_dir; returns (model, info).
 
     This is what `diffatlas train-classifier --noisy RUN_OR_CONFIG -o OUT_DIR` calls."""
+    from .. import validate
     from ..config import resolve
-    from ..data import load_dataset
+    from ..data import dataset_from_config
     from ..model import make_dynamics
 
     cfg = resolve(_config_of(run_or_config))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = validate.device(device)
     d = cfg.data
-    train_set = load_dataset(d.name, root=d.root, split=d.split, resolution=d.resolution, **d.options)
+    train_set = dataset_from_config(d)
     try:
-        test_set = load_dataset(d.name, root=d.root, split="test", resolution=d.resolution, **d.options)
+        test_set = dataset_from_config(d, "test")
     except (UserError, OSError):
         test_set = None
     dynamics = make_dynamics(cfg)

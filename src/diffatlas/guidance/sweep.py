@@ -26,16 +26,17 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
+from ..io import atomic_write, atomic_write_text
 
 
 def _real_images(cfg: Any) -> tuple[Tensor, Tensor, str]:
     """Real images and labels of the run's dataset: the test split when it has one, else its own split."""
-    from ..data import load_dataset
+    from ..data import dataset_from_config
 
     d = cfg.data
     for split in ("test", d.split):
         try:
-            ds = load_dataset(d.name, root=d.root, split=split, resolution=d.resolution, **d.options)
+            ds = dataset_from_config(d, split)
         except (UserError, OSError):
             continue
         if ds.labels is None:
@@ -56,7 +57,6 @@ def _quality(fake: Tensor, real: Tensor, extractor: Any, splits: int) -> dict[st
 
 
 def _write_table(rows: list[dict[str, Any]], path: Path) -> None:
-    from ..checkpoint import atomic_write_text
 
     head = "| kind | scale | class accuracy | FID | IS | mean per-class FID | NFE | seconds |\n|---|---:|---:|---:|---:|---:|---:|---:|\n"
     lines = [f"| {r['kind']} | {r['scale']:g} | {r['class_accuracy']:.3f} | {r['fid']:.3f} | {r['is']:.3f} | "
@@ -93,10 +93,8 @@ def plot_sweep(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     a2.set_ylabel("class accuracy (evaluation classifier)")
     a2.set_title(f"{rows[0]['kind'] if rows else ''} guidance")
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 
@@ -122,7 +120,6 @@ def guidance_sweep(run_dir: str | Path, kind: str, scales: Sequence[float], *, n
         fid_per_class, is_per_class, fid_per_class_mean, nfe, seconds, sampler, grid, steps, n_per_class,
         kimg, extractor, weights_hash, real_split. Also written to out_dir (see module docstring).
     """
-    from ..checkpoint import atomic_write_text
     from ..metrics import load_classifier
     from ..samplers.clip import resolve_clip
     from ..sampling import generate, load_run, run_plan, save_image_grid

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..denoiser import SIGMA_HAT_MAX, per_sample
+from ..denoiser import DENOISER_SIGMA_HAT_MAX, per_sample
 from ..dynamics.base import append_dims
 from ..errors import UserError
 
@@ -75,7 +75,7 @@ class ClassifierGuidedDenoiser:
             unconditional model, which then is called as D(x, t).
     Call: x (N, *shape), t scalar or (N,), cond (N,) long = the target classes -> (N, *shape).
 
-    Where alpha -> 0 (rectified flow at t = 1), alpha is replaced by sigma / SIGMA_HAT_MAX as in
+    Where alpha -> 0 (rectified flow at t = 1), alpha is replaced by sigma / DENOISER_SIGMA_HAT_MAX as in
     `Denoiser.scalings`, i.e. evaluated within the sigma_hat range the denoiser resolves.
     """
 
@@ -95,7 +95,7 @@ class ClassifierGuidedDenoiser:
         g = classifier_log_prob_grad(self.classifier, x, t, cond, self.dynamics)
         t64 = per_sample(t, x).to(torch.float64)
         alpha, sigma = self.dynamics.alpha(t64), self.dynamics.sigma(t64)
-        alpha = torch.maximum(alpha, sigma / SIGMA_HAT_MAX)
+        alpha = torch.maximum(alpha, sigma / DENOISER_SIGMA_HAT_MAX)
         coef = append_dims(sigma**2 / alpha, x.ndim)  # sigma^2 / alpha: score -> x0 units
         return (d + (self.scale * coef * g).to(d.dtype)).to(d.dtype)
 

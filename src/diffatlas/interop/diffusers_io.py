@@ -25,10 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -38,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
+from ..io import atomic_dir
 from ..networks.diffusers_unet import clean_unet_config, require_diffusers, unet_state_dict
 
 # diffusers beta_schedule -> diffatlas BETA_SCHEDULES name (same betas: linear; scaled_linear = sqrt(beta)
@@ -327,13 +325,6 @@ def _fresh_target(path: Path, what: str) -> None:
         raise UserError(f"{what} {str(path)!r} already exists and is not empty; nothing was written")
 
 
-def _publish(tmp: Path, final: Path) -> None:
-    """Move a finished temporary folder into place (an empty folder there is replaced)."""
-    if final.is_dir() and not any(final.iterdir()):
-        final.rmdir()
-    os.replace(tmp, final)
-
-
 def check_against_unet(denoiser: Any, unet: nn.Module, steps: list[int], times: Tensor,
                        shape: tuple[int, ...], seed: int = 0) -> float:
     """max |network output of the run's denoiser at the time of timestep k - UNet2DModel output at k| over two
@@ -375,9 +366,10 @@ def import_diffusers(path: str | Path, run_dir: str | Path, overrides: list[str]
         between the run's network and the UNet itself at three timesteps), notes on diffusers' conventions.
     """
     from .. import __version__
-    from ..checkpoint import atomic_write_text, save_snapshot
+    from ..checkpoint import save_snapshot
+    from ..io import atomic_write_json, atomic_write_text
     from ..config import apply_overrides, dump_yaml, from_dict, parse_override, resolve
-    from ..data import load_dataset
+    from ..data import dataset_from_config
     from ..model import make_denoiser, make_dynamics, make_network
     from ..train import describe_network
 
@@ -407,7 +399,7 @@ def import_diffusers(path: str | Path, run_dir: str | Path, overrides: list[str]
     cfg = resolve(from_dict(apply_overrides(data, list(overrides))))
 
     d = cfg.data
-    dataset = load_dataset(d.name, root=d.root, split=d.split, resolution=d.resolution, **d.options)
+    dataset = dataset_from_config(d)
     size = unet.get("sample_size") or 0
     size = int(size if isinstance(size, int) else size[0])
     want = (int(unet.get("in_channels", 3)), size, size)
@@ -441,26 +433,19 @@ def import_diffusers(path: str | Path, run_dir: str | Path, overrides: list[str]
               "check": {"what": "max |network output of the run - UNet2DModel output at timestep k| over 2 inputs",
                         "timesteps": steps, "max_abs_diff": worst}}
 
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=run_dir.parent, prefix=f".tmp-{run_dir.name}-"))
-    try:
+    with atomic_dir(run_dir) as tmp:
         weights = {k: v.detach().cpu() for k, v in net.state_dict().items()}
         save_snapshot(tmp, stated, {"model": weights, "ema": weights}, {},
                       {"kimg": stated, "step": 0, "images": int(round(stated * 1000)), "imported": "diffusers"})
         atomic_write_text(tmp / "config.yaml", dump_yaml(cfg))
-        atomic_write_text(tmp / "dataset.json", json.dumps(
-            {"name": dataset.name, "split": d.split, "shape": list(dataset.shape), "num_classes": dataset.num_classes,
-             "size": len(dataset)}, indent=1))
-        atomic_write_text(tmp / "environment.json", json.dumps(
-            {"diffatlas": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-             "python": platform.python_version(), "imported_from": str(src.resolve())}, indent=1))
-        atomic_write_text(tmp / "network.json", json.dumps(describe_network(cfg, net, want), indent=1, default=str))
-        atomic_write_text(tmp / SOURCE_INFO, json.dumps(source, indent=1, default=str))
-        atomic_write_text(tmp / "DONE", json.dumps({"kimg": stated, "step": 0, "imported": "diffusers"}))
-        _publish(tmp, run_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        atomic_write_json(tmp / "dataset.json", {"name": dataset.name, "split": d.split, "shape": list(dataset.shape),
+                                                 "num_classes": dataset.num_classes, "size": len(dataset)})
+        atomic_write_json(tmp / "environment.json", {
+            "diffatlas": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "python": platform.python_version(), "imported_from": str(src.resolve())})
+        atomic_write_json(tmp / "network.json", describe_network(cfg, net, want), default=str)
+        atomic_write_json(tmp / SOURCE_INFO, source, default=str)
+        atomic_write_json(tmp / "DONE", {"kimg": stated, "step": 0, "imported": "diffusers"}, indent=None)
     for note in notes:
         log(f"note: {note}")
     return {"run_dir": str(run_dir), "kimg": stated, "dynamics": {"name": "ddpm", **process.dynamics},
@@ -562,15 +547,9 @@ def export_diffusers(run_dir: str | Path, out: str | Path, *, snapshot: str | fl
                           "samples on interop.diffusers_grid from the same noise",
               "check": {"what": "max |network output of the run - exported UNet2DModel output at timestep k| over 2 "
                                 "inputs", "timesteps": steps, "max_abs_diff": worst}}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
-    try:
+    with atomic_dir(out) as tmp:
         diffusers.DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(str(tmp))
         (tmp / EXPORT_INFO).write_text(json.dumps(record, indent=1, default=str))
-        _publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log(f"exported {run.snapshot.name} of {run_dir} ({cfg.dynamics.name}, {prediction}) as a DDPMPipeline: {out} "
         f"(max |output difference| against the run's network {worst:.2g})")
     return {**record, "out": str(out)}

@@ -18,9 +18,7 @@ weights (sha256, first 16 hex digits) and is part of every metric record and ref
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UserError
+from ..io import write_saved_module
 from ..registry import Registry
 
 EXTRACTORS: Registry = Registry("extractor")
@@ -339,38 +338,16 @@ def train_classifier(
     return extractor.to(device), info
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_classifier(path_dir: str | Path, model: ClassifierExtractor, info: dict[str, Any] | None = None) -> Path:
     """Save weights as ``model.safetensors`` and metadata as ``classifier.json`` in path_dir (created).
 
     The JSON records the format, the architecture kwargs, the data set, the training info (test
-    accuracy, ...) and the weights hash; both files are written atomically (temp file + os.replace)."""
-    from safetensors.torch import save
-
+    accuracy, ...) and the weights hash; both files are written atomically (:func:`io.write_saved_module`)."""
     path = Path(path_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
-    meta = {
-        "format": CLASSIFIER_FORMAT,
-        "architecture": "SmallCNN",
-        "kwargs": model.arch,
-        "dataset": model.dataset,
-        "weights_hash": model.weights_hash,
-        "info": {**model.info, **(info or {})},
-    }
-    _atomic_write_bytes(path / CLASSIFIER_WEIGHTS, save(state, metadata={"format": CLASSIFIER_FORMAT}))
-    _atomic_write_bytes(path / CLASSIFIER_META, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    record = {"architecture": "SmallCNN", "kwargs": model.arch, "dataset": model.dataset,
+              "info": {**model.info, **(info or {})}}
+    write_saved_module(model.net.state_dict(), path / CLASSIFIER_META, path / CLASSIFIER_WEIGHTS,
+                       format=CLASSIFIER_FORMAT, record=record, weights_hash=state_dict_hash)
     return path
 
 

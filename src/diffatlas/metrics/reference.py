@@ -10,9 +10,7 @@ fixed artefact, not something recomputed per evaluation.)
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
+from ..io import atomic_write, cache_root
 from .extractors import FeatureExtractor
 from .stats import FrechetReference, StreamingMoments
 
@@ -70,10 +69,8 @@ class RefStats:
 
 
 def default_cache_dir() -> Path:
-    """$DIFFATLAS_CACHE/refstats if set, else ~/.cache/diffatlas/refstats."""
-    root = os.environ.get("DIFFATLAS_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "diffatlas"
-    return base / "refstats"
+    """<cache root>/refstats: $DIFFATLAS_CACHE/refstats if set, else ~/.cache/diffatlas/refstats."""
+    return cache_root() / "refstats"
 
 
 def _key_fields(key: RefKey) -> dict[str, np.ndarray]:
@@ -88,17 +85,8 @@ def _key_fields(key: RefKey) -> dict[str, np.ndarray]:
 def save_reference_stats(stats: RefStats, cache_dir: str | Path | None = None) -> Path:
     """Write stats to <cache_dir>/<key>.npz atomically; returns the path."""
     folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / stats.key.filename()
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, mu=stats.mu, cov=stats.cov, n=np.int64(stats.n), **_key_fields(stats.key))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: np.savez(f, mu=stats.mu, cov=stats.cov, n=np.int64(stats.n), **_key_fields(stats.key)))
     stats.path = path
     return path
 

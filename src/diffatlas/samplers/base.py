@@ -25,7 +25,7 @@ from torch import Tensor
 from ..dynamics.base import Dynamics
 from ..errors import UserError
 from ..registry import Registry
-from ..schedules import SIGMA_HAT_MAX
+from ..schedules import GRID_SIGMA_HAT_MAX
 
 
 @dataclass(frozen=True)
@@ -161,8 +161,8 @@ class GridCoefficients:
     """float64 coefficients of the dynamics at each grid time, as Python lists (host-side).
 
     t, alpha, sigma, d_alpha, d_sigma, f, g2: as in Dynamics; lam = log-SNR = 2 log(alpha / sigma).
-    Scaled frame, clipped at SIGMA_HAT_MAX (the largest level the grids resolve; rectified flow has
-    sigma_hat = inf at t = 1): s = min(sigma_hat, SIGMA_HAT_MAX), t_s = the time with sigma_hat = s
+    Scaled frame, clipped at GRID_SIGMA_HAT_MAX (the largest level the grids resolve; rectified flow has
+    sigma_hat = inf at t = 1): s = min(sigma_hat, GRID_SIGMA_HAT_MAX), t_s = the time with sigma_hat = s
     (= t where not clipped), alpha_s = alpha(t_s), and to_hat = s / sigma, the factor with
     x_hat = to_hat * x (= x / alpha where not clipped; a rescaled pure-noise state where clipped).
     """
@@ -189,8 +189,8 @@ class GridCoefficients:
             g2 = dynamics.g2(t)
             lam = 2 * (torch.log(alpha) - torch.log(sigma))
             s_hat = sigma / alpha
-            clipped = ~(s_hat <= SIGMA_HAT_MAX)  # also catches inf / nan from alpha = 0
-            s = torch.where(clipped, torch.full_like(s_hat, SIGMA_HAT_MAX), s_hat)
+            clipped = ~(s_hat <= GRID_SIGMA_HAT_MAX)  # also catches inf / nan from alpha = 0
+            s = torch.where(clipped, torch.full_like(s_hat, GRID_SIGMA_HAT_MAX), s_hat)
             t_s = t.clone()
             if bool(clipped.any()):
                 t_s[clipped] = dynamics.t_from_sigma_hat(s[clipped]).to(torch.float64)

@@ -138,7 +138,7 @@ def edm(denoiser: Any, x: Tensor, ts: Tensor, *, generator: torch.Generator | No
     gamma_i = min(S_churn / N, sqrt(2) - 1) where S_min <= s_i <= S_max (N = grid points), else 0;
     the raised level s_i (1 + gamma_i) is capped at the grid's top level so that the denoiser is never
     asked about a time outside the grid's range. With S_churn = 0 this is Heun in the scaled frame (on
-    EDM's dynamics it equals `heun`). Levels above SIGMA_HAT_MAX (flow at t = 1) are clipped to it.
+    EDM's dynamics it equals `heun`). Levels above GRID_SIGMA_HAT_MAX (flow at t = 1) are clipped to it.
     NFE = 2 (steps - 1) + 1. Karras et al.'s ImageNet-64 setting: S_churn=80, S_min=0.05, S_max=50, S_noise=1.003.
     """
     reject_unknown("edm", options, "S_churn, S_min, S_max, S_noise")

@@ -325,7 +325,7 @@ def langevin(denoiser: Any, x: Tensor, ts: Tensor, *, generator: torch.Generator
     steps (exactly 2e-5 for NCSN), larger for fewer steps per level (at most s_L^2).
     NCSNv2 (Song & Ermon 2020) uses n_steps_each = 5 with step_lr = 6.2e-6 on CIFAR-10 (s_L = 0.01)
     and a final denoising step, as here. step_lr / s_L^2 >= 2 makes every step overshoot: refused.
-    Levels above SIGMA_HAT_MAX (rectified flow at t = 1) are clipped to it. Use geometric levels
+    Levels above GRID_SIGMA_HAT_MAX (rectified flow at t = 1) are clipped to it. Use geometric levels
     (the "logsnr" grid, the default): on grids dense only near t_min the steps at the smallest levels
     are too short to re-equilibrate. NFE = steps * n_steps_each + 1 (the final denoise).
     """

@@ -15,6 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .statistics import bootstrap_ci
+
 
 @dataclass(frozen=True)
 class Convergence:
@@ -76,17 +78,13 @@ def convergence_point(kimg: Sequence[float], values: Sequence[float], *, rel_tol
 
 
 def bootstrap_mean_ci(values: Sequence[float], *, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """(mean, low, high): percentile bootstrap interval of the mean of `values` (e.g. one per seed)."""
+    """(mean, low, high) of the finite ones among `values` (e.g. one per seed; None and nan are left out):
+    their mean and the percentile bootstrap interval of it (:func:`statistics.bootstrap_ci`)."""
     x = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
     if len(x) == 0:
         return (float("nan"), float("nan"), float("nan"))
-    if len(x) == 1:
-        return (float(x[0]), float(x[0]), float(x[0]))
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(x), size=(n_boot, len(x)))
-    means = x[idx].mean(axis=1)
-    a = (1 - level) / 2
-    return (float(x.mean()), float(np.quantile(means, a)), float(np.quantile(means, 1 - a)))
+    low, high = bootstrap_ci(x, level=level, n_boot=n_boot, seed=seed)
+    return (float(x.mean()), low, high)
 
 
 def convergence_across_seeds(curves: Sequence[tuple[Sequence[float], Sequence[float]]], *, rel_tol: float = 0.05, k: int = 3,

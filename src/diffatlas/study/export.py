@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..io import atomic_write_bytes, atomic_write_text, read_text
+from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_text
 from .ledger import RunRow
 from .results import SAMPLED_FIELDS, RunResult, StudyResults, load_results
 from .statistics import EVAL_KEY
@@ -213,8 +213,8 @@ def write_export(res: StudyResults, dest: str | Path, *, study_yaml: str | None 
         atomic_write_text(dest / name, text)
     if study_yaml:
         atomic_write_text(dest / "study.yaml", study_yaml)
-    atomic_write_text(dest / "provenance.json", json.dumps(provenance(command), indent=2) + "\n")
-    atomic_write_text(dest / "export.json", json.dumps(meta, indent=2) + "\n")
+    atomic_write_json(dest / "provenance.json", provenance(command), indent=2)
+    atomic_write_json(dest / "export.json", meta, indent=2)
     for name in old - set(meta["files"]):  # what an earlier export wrote that this one does not hold
         (dest / name).unlink(missing_ok=True)
     return {name: dest / name for name in meta["files"]}

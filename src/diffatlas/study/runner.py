@@ -29,7 +29,7 @@ import yaml
 
 from .. import config as C
 from .. import validate
-from ..checkpoint import atomic_write_text
+from ..io import atomic_write_text
 from ..errors import UserError, one_line
 from ..tensorboard_log import link_runs
 from .executors import ExecutorSpec

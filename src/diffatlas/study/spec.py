@@ -42,7 +42,6 @@ and output folder in every study that contains it. Report labels are the axis va
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field, fields
@@ -237,9 +236,7 @@ class Study:
                 cfg = resolve(C.from_dict(C.read_yaml(run_dir / "config.yaml")))
             except (UserError, UnknownNameError) as e:
                 raise UserError(f"study {self.name!r}, model {label}: {e}") from None
-            text = json.dumps({"config": C.to_dict(cfg), "run_dir": str(run_dir)}, sort_keys=True, default=str)
-            rid = hashlib.sha256(text.encode()).hexdigest()[:12]
-            runs.append(RunSpec(rid, len(runs), cfg, {"model": label, "seed": int(cfg.train.seed)}, run_dir))
+            runs.append(RunSpec(C.config_hash(cfg, run_dir), len(runs), cfg, {"model": label, "seed": int(cfg.train.seed)}, run_dir))
         return runs
 
 
@@ -252,8 +249,7 @@ def short_key(key: str) -> str:
 
 
 def run_id(cfg: Any) -> str:
-    text = json.dumps(C.to_dict(cfg), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    return C.config_hash(cfg)
 
 
 # ---- parsing ---------------------------------------------------------------------------------

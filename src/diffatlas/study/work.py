@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..checkpoint import atomic_write_text
+from ..io import atomic_write_text
 from .ledger import Ledger
 from .spec import Evaluation
 

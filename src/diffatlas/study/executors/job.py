@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator, Protocol
 
 from ... import config as C
-from ...checkpoint import atomic_write_text
+from ...io import atomic_write_json
 from ...errors import UserError, one_line
 from ..spec import Evaluation
 from ..work import Task, WorkFn, train_and_evaluate
@@ -87,7 +87,7 @@ def run_job(p: JobPayload) -> dict:
             traceback.print_exc()
         result = {"run": p.run_id, "attempt": p.attempt, "status": status, "error": error,
                   "seconds": round(time.time() - t0, 3), "host": socket.gethostname(), "pid": os.getpid(), "job": job}
-        atomic_write_text(run_dir / RESULT_NAME, json.dumps(result, indent=1))
+        atomic_write_json(run_dir / RESULT_NAME, result)
         print(f"run {p.run_id} {status} in {result['seconds']:.1f} s" + (f": {error}" if error else ""), flush=True)
         return result
 
