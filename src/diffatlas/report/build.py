@@ -26,6 +26,7 @@ from ..study.results import StudyResults
 from ..study.spec import short_key
 from . import fairness as FA
 from . import figures as F
+from .tuning import tuning_sections
 
 
 @dataclass
@@ -239,6 +240,7 @@ def build_report(out: str | Path | StudyResults, samples: int = 16, seed: int = 
                                   FA.claim_map(verdicts, res.axes))
     sections.append(_verdict_section(verdicts, checks))
     sections.append(_fairness_section(res, checks))
+    sections += tuning_sections(res.out, Section, Table)  # a study with `tune`: its tuning.json
 
     if records:
         sections.append(Section("Final metrics", ["Mean over seeds at the last evaluated snapshot, with a 95% bootstrap interval."],
