@@ -85,7 +85,10 @@ def test_each_configuration_takes_its_best_candidate(tmp_path, metric, capsys):
         assert r.config["train"]["keep_snapshots"] is False
         entries = [json.loads(l) for l in (Path(r.run_dir) / "metrics.jsonl").read_text().splitlines()]
         assert {(e["metric"], e["sampler"]) for e in entries} == {(metric, "heun")}
-    assert "chosen lr=0.0002" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "chosen lr=0.0002" in printed and "chosen lr=0.002" in printed
+    assert "progress: 6/6 done" in printed and "progress: 4/4 done" in printed and "/4 done" in printed.split("4 runs in")[1]
+    assert "progress: 5/4" not in printed  # the seeded phase counts its own runs, not the tuning runs
 
 
 def test_tuning_runs_are_no_seed_of_the_comparison(tmp_path):
@@ -202,6 +205,23 @@ def test_tuning_json_is_the_choice_once_written(tmp_path):
     assert [c["chosen"]["train.lr"] for c in rec["configurations"]] == [LRS[-1], LRS[-1]]  # the rewritten -100
     with Ledger(out / "ledger.sqlite") as L:
         assert not set(L.get_meta("run_ids")) & seeded and len(L.get_meta(TU.TUNING_IDS_KEY)) == 8
+
+
+def test_a_changed_evaluation_section_finishes_reopened_tuning_runs(tmp_path, capsys):
+    """A new evaluation setting reopens every finished run (test_study); the tuning runs are done
+    again (nothing new to evaluate: only the deciding setting) and the recorded choice stays."""
+    out = tmp_path / "out"
+    Runner(study_from_dict(TUNED), out, work=fake_work, resolve=no_resolve).run()
+    before = _record(out)
+    more = {**TUNED, "evaluation": {**TUNED["evaluation"],
+                                     "samplers": [*TUNED["evaluation"]["samplers"], {"sampler": "euler", "steps": 4}]}}
+    counts = Runner(study_from_dict(more), out, work=fake_work, resolve=no_resolve).run()
+    assert counts == {"pending": 0, "running": 0, "done": 10, "failed": 0}
+    assert "6 tuning run(s) to finish first" in capsys.readouterr().out
+    assert _record(out) == before
+    for r in _rows(out):
+        text = (Path(r.run_dir) / "metrics.jsonl").read_text()
+        assert ('"euler"' in text) is (not is_tuning(r.labels))
 
 
 def test_sigkill_in_either_phase_then_resume(tmp_path):

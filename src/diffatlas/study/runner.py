@@ -150,7 +150,7 @@ def worker_loop(out: Path, study: Study, work: WorkFn, *, tag: str | None = None
                 break
             result_key = _do_run(ledger, row, out, study, work, worker, heartbeat_s, log)
             result[result_key] += 1
-            c = ledger.counts()
+            c = ledger.counts(run_ids)
             log(f"progress: {c['done']}/{total} done, {c['running']} running, {c['failed']} failed")
     finally:
         ledger.close()
@@ -291,7 +291,7 @@ class Runner:
         ledger, runs, tuning = prepare_study(self.study, self.out, self.resolve, self.stale_after, log=log)
         if self.retry_failed:
             ledger.reset_failed()
-        c = ledger.counts()
+        c = ledger.counts([r.id for r in tuning])
         where = (f"{self.workers} worker(s)" if not self.executor.remote
                  else f"{self.executor.name} jobs ({describe_request(self.executor)} per run)")
         ledger.close()
@@ -299,15 +299,20 @@ class Runner:
             t = self.study.tune
             print(f"study {self.study.name}: tuning first, {len(tuning)} tuning runs in {self.out} "
                   f"({len(self.study.combinations())} configuration(s) x {len(t.candidates())} candidate(s) of "
-                  f"{', '.join(t.keys)} on the held-out seed {t.seed}); {where}", flush=True)
+                  f"{', '.join(t.keys)} on the held-out seed {t.seed}; {c['done']} done, {c['failed']} failed); {where}",
+                  flush=True)
             runs = self._tune(tuning, started)
             if runs is None:
                 return self._summary([r.id for r in tuning])
         elif tuning:
             print(f"study {self.study.name}: tuned ({self.out / TUNING_FILE}); the seeded runs use its choices", flush=True)
+            if c["pending"] or c["failed"]:  # reopened (a changed evaluation section) or retried: finished, not re-decided
+                print(f"study {self.study.name}: {c['pending'] + c['failed']} tuning run(s) to finish first; "
+                      f"the choice stays as {TUNING_FILE} records it", flush=True)
+                self._execute([r.id for r in tuning])
         ids = [r.id for r in runs]
         with Ledger(self.out / "ledger.sqlite") as ledger:
-            c = ledger.counts()
+            c = ledger.counts(ids)
             cancelled = cancelled_since(ledger, started)
         if cancelled:  # cancelled between the phases
             print(f"study {self.study.name}: cancelled (diffatlas study cancel); no seeded run is started", flush=True)

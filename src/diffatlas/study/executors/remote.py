@@ -101,7 +101,7 @@ class RemoteDriver:
                 changed = self._collect(ledger, backend, follow, ended_at)
                 changed |= self._submit(ledger, backend, follow, ids)
                 if changed:
-                    c = ledger.counts()
+                    c = ledger.counts(ids)
                     self.log(f"progress: {c['done']}/{total} done, {len(follow)} job(s) queued or running, {c['failed']} failed")
                 if not follow:
                     break
