@@ -18,16 +18,16 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from test_study import FAKE_STUDY, _runner_proc, _snapshot_state, fake_work, no_resolve  # noqa: E402
+from test_study import FAKE_STUDY, _runner_proc, _snapshot_state, fake_work, no_resolve
 
-from diffatlas import cli  # noqa: E402
-from diffatlas.errors import UserError  # noqa: E402
-from diffatlas.study import runner as R  # noqa: E402
-from diffatlas.study import tuning as TU  # noqa: E402
-from diffatlas.study.ledger import Ledger  # noqa: E402
-from diffatlas.study.results import load_results  # noqa: E402
-from diffatlas.study.runner import Runner, Task  # noqa: E402
-from diffatlas.study.spec import is_tuning, load_study, run_id, study_from_dict  # noqa: E402
+from diffatlas import cli
+from diffatlas.errors import UserError
+from diffatlas.study import runner as R
+from diffatlas.study import tuning as TU
+from diffatlas.study.ledger import Ledger
+from diffatlas.study.results import load_results
+from diffatlas.study.runner import Runner, Task
+from diffatlas.study.spec import is_tuning, load_study, run_id, study_from_dict
 
 LRS = [2e-4, 2e-3, 2e-2]
 BEST = {"ddpm": 2e-4, "ncsn": 2e-3}
@@ -377,7 +377,10 @@ def test_report_and_export_say_what_was_tuned(tmp_path):
     write_report(out, samples=0)
     write_report(dest, samples=0)
     live, exported = (out / "report.md").read_text(), (dest / "report.md").read_text()
-    part = lambda md: md[md.index("## What was tuned"):].split("\n## ")[0]  # noqa: E731
+
+    def part(md: str) -> str:
+        return md[md.index("## What was tuned"):].split("\n## ")[0]
+
     assert part(live) == part(exported) and "dynamics=ncsn" in part(live) and "lr=0.002" in part(live)
     assert "What was tuned" in (out / "report.html").read_text()
     # without tuning.json no section; a damaged one is one line naming the file
@@ -393,7 +396,7 @@ def test_cluster_jobs_of_tuning_runs_evaluate_only_the_deciding_setting(tmp_path
 
     study = study_from_dict(_study(metric="is", setting=1))
     out = tmp_path / "out"
-    ledger, runs, tuning = R.prepare_study(study, out, no_resolve)
+    ledger, runs, _ = R.prepare_study(study, out, no_resolve)
     rows = ledger.rows()
     ledger.close()
     assert runs == [] and len(rows) == 6 and all(is_tuning(r.labels) for r in rows)

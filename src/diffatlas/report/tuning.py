@@ -5,8 +5,9 @@ budget, and per configuration every candidate's final metric and the choice."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import UserError
 from ..io import read_json

@@ -286,7 +286,9 @@ class Runner:
     def run(self) -> dict:
         """Do every run not done yet; returns the ledger's status counts. A study with `tune` first
         does its tuning runs, decides (OUT/tuning.json), then adds and does its seeded runs."""
-        log = lambda m: print(m, flush=True)  # noqa: E731
+        def log(msg: str) -> None:
+            print(msg, flush=True)
+
         started = time.time()
         ledger, runs, tuning = prepare_study(self.study, self.out, self.resolve, self.stale_after, log=log)
         if self.retry_failed:

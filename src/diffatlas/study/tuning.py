@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..errors import UserError
 from ..io import atomic_write_text, read_json
@@ -167,13 +167,14 @@ def plan_lines(study: Study, tuning: list[RunSpec]) -> list[str]:
     budgets = sorted({float(r.config.train.kimg) for r in tuning})
     grid = "; ".join(f"{k} in {v}" for k, v in t.grid.items())
     better = "higher" if direction(t.metric) > 0 else "lower"
-    return [f"tuning first: {len(tuning)} tuning run(s) = {len(study.combinations())} configuration(s) x "
-            f"{len(t.candidates())} candidate(s) ({grid}) on the held-out seed {t.seed}, "
-            f"{'/'.join(f'{b:g}' for b in budgets)} kimg each, evaluated at the final snapshot with evaluation setting "
-            f"{t.setting} ({setting_label(ev.samplers[t.setting])}) on {t.metric} at n={ev.n}",
-            f"the seeded runs take each configuration's best candidate ({better} {t.metric} is better; {TIES}): their "
-            f"{', '.join(t.keys)} is chosen from the grid, so their ids are known after tuning (listed as 'after "
-            "tuning', costed with the first candidate)"]
+    first = (f"tuning first: {len(tuning)} tuning run(s) = {len(study.combinations())} configuration(s) x "
+             f"{len(t.candidates())} candidate(s) ({grid}) on the held-out seed {t.seed}, "
+             f"{'/'.join(f'{b:g}' for b in budgets)} kimg each, evaluated at the final snapshot with evaluation setting "
+             f"{t.setting} ({setting_label(ev.samplers[t.setting])}) on {t.metric} at n={ev.n}")
+    second = (f"the seeded runs take each configuration's best candidate ({better} {t.metric} is better; {TIES}): their "
+              f"{', '.join(t.keys)} is chosen from the grid, so their ids are known after tuning (listed as 'after "
+              "tuning', costed with the first candidate)")
+    return [first, second]
 
 
 def plan_runs(study: Study, resolve: Callable | None = None) -> list[RunSpec]:
