@@ -35,8 +35,14 @@ def no_resolve(cfg):
 
 # ---- a fake run: writes files like a real one, resumes like a real one -------------------------
 
-def _fake_value(metric: str, kimg: float, budget: float, seed: int, labels: dict) -> float:
-    offset = 0.5 * (str(labels.get("dynamics.name")) == "ncsn")
+def _fake_value(metric: str, kimg: float, budget: float, seed: int, labels: dict, lr: float = 2e-4) -> float:
+    """A known answer for every question a study asks: NCSN is 0.5 worse than DDPM, quality improves
+    with kimg and drifts with the seed, and the learning rate costs 2 x^2 (DDPM) or 2 (x - 1)^2 - 2
+    (NCSN) with x = log10(lr / 2e-4): zero at the default 2e-4, so DDPM's best lr is 2e-4 and NCSN's 2e-3."""
+    ncsn = str(labels.get("dynamics.name")) == "ncsn"
+    offset = 0.5 * ncsn
+    x = math.log10(lr / 2e-4)
+    offset += 2.0 * (x - 1.0) ** 2 - 2.0 if ncsn else 2.0 * x ** 2
     if metric == "fid":
         return 5.0 + offset + 40.0 * math.exp(-6.0 * kimg / budget) + 0.01 * seed
     return 8.0 - offset - 6.0 * math.exp(-6.0 * kimg / budget) - 0.01 * seed
@@ -91,7 +97,8 @@ def fake_work(task: Task) -> None:
                 if key in have:
                     continue
                 time.sleep(delay / 4)
-                _append(path, json.dumps({"kimg": k, "metric": m, "value": _fake_value(m, k, budget, task.labels["seed"], task.labels),
+                _append(path, json.dumps({"kimg": k, "metric": m, "value": _fake_value(m, k, budget, task.labels["seed"], task.labels,
+                                                                                    task.config.train.lr),
                                           "interval": None, "n": ev.n, "extractor": ev.extractor, "sampler": setting.get("sampler"),
                                           "steps": setting.get("steps"), "nfe": setting.get("steps"), "wall_s": 0.0}))
 

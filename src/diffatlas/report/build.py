@@ -28,6 +28,7 @@ from ..study.spec import short_key
 from . import fairness as FA
 from . import figures as F
 from . import findings as FI
+from .tuning import tuning_sections
 
 
 @dataclass
@@ -260,6 +261,7 @@ def build_report(out: str | Path | StudyResults, samples: int = 16, seed: int = 
     sections.append(Section("Threats to validity", ["What limits these verdicts, from the study's own design and "
                                                     "records."] + FI.threats(res, records, verdicts, checks)))
     sections.append(_fairness_section(res, checks))
+    sections += tuning_sections(res.out, Section, Table)  # a study with `tune`: its tuning.json
 
     if records:
         sections.append(Section("Final metrics", ["Mean over seeds at the last evaluated snapshot, with a 95% bootstrap interval."],

@@ -101,10 +101,11 @@ def _study_or_folder(arg: str, out: str | None, exported: bool = False) -> Path:
 def cmd_plan(args: argparse.Namespace) -> int:
     from .executors import with_cli
     from .plan import executor_text, plan_text
+    from .tuning import plan_runs
 
     study = load_study(args.study)
     spec = with_cli(study.executor, name=args.executor)
-    runs = study.runs()
+    runs = plan_runs(study)  # with `tune`: the tuning runs, then the seeded runs (ids known after tuning)
     text = plan_text(study, runs, measure=not args.no_calibrate, steps=args.steps)
     if spec.remote:
         text += "\n" + executor_text(spec, runs, _out_for(args, study))

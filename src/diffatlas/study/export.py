@@ -16,6 +16,7 @@
   seconds, start and finish; older exports lack the column);
 * export.json: what the files hold (study name, axes, metrics, n, budget, evaluation plan) and the
   sample grids of the report (samples/*.png, with their captions);
+* tuning.json: a study's tuning (its `tune` section, study.tuning), as the study folder holds it;
 * study.yaml: the study file as run; provenance.json: the command, the code's git commit, the
   machine (platform, CPUs, torch) and the date.
 
@@ -44,6 +45,7 @@ from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_
 from .ledger import RunRow
 from .results import SAMPLED_FIELDS, RunResult, StudyResults, load_results
 from .statistics import EVAL_KEY
+from .tuning import TUNING_FILE
 
 FORMAT = 1
 ID = ("run",)                     # then one column per label, then "evaluation", "metric"
@@ -194,6 +196,9 @@ def write_export(res: StudyResults, dest: str | Path, *, study_yaml: str | None 
     put("runs.csv", _csv_text(ident + list(RUNS_TAIL) + list(RUNS_OPTIONAL), [
         _ident(r, keys) + [r.row.position, r.row.status, r.row.attempts, r.row.error, _relative(r.row.run_dir, res.out),
                            r.row.config, r.facts] for r in res.runs]))
+    tuning = Path(res.out) / TUNING_FILE
+    if tuning.is_file():  # a study with `tune`: the record the report's "What was tuned" reads
+        put(TUNING_FILE, read_text(tuning, "tuning record", "move it away and run `diffatlas study run` to decide again"))
     figures, notes = grids
     samples = []
     pngs: dict[str, bytes] = {}

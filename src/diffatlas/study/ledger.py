@@ -343,8 +343,14 @@ class Ledger:
             return None
         return self._row(self._db, run_id)
 
-    def counts(self) -> dict[str, int]:
+    def counts(self, only: Iterable[str] | None = None) -> dict[str, int]:
+        """Runs per status: of the whole ledger, or of the runs `only` names."""
         out = {s: 0 for s in STATUSES}
+        if only is not None:
+            keep = set(only)
+            for rid, status in self._db.execute("SELECT id, status FROM runs"):
+                out[status] += rid in keep
+            return out
         for status, n in self._db.execute("SELECT status, COUNT(*) FROM runs GROUP BY status"):
             out[status] = n
         return out

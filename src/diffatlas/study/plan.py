@@ -18,8 +18,9 @@ from typing import Callable
 from ..checkpoint import read_stats
 from ..errors import UserError
 from .executors import ExecutorSpec
-from .spec import RunSpec, Study, short_key
+from .spec import PHASE_KEY, RunSpec, Study, is_tuning, short_key
 from .status import format_duration
+from .tuning import plan_lines
 
 
 def _combo_key(run: RunSpec) -> tuple:
@@ -58,11 +59,13 @@ def plan_text(study: Study, runs: list[RunSpec], *, measure: bool = True, steps:
         table = [[r.id, str(r.labels["model"]), str(r.run_dir)] for r in runs]
         measure = False  # nothing is trained
     else:
-        lines = [f"study {study.name}: {len(runs)} runs = {len(study.combinations())} configuration(s) x "
-                 f"{len(study.seeds)} seed(s)"]
-        header = ["id"] + [short_key(k) for k in keys] + ["seed", "kimg"]
+        tuning = [r for r in runs if is_tuning(r.labels)]  # a `tune` section: study.tuning.plan_runs
+        lines = [f"study {study.name}: {len(runs) - len(tuning)} runs = {len(study.combinations())} configuration(s) x "
+                 f"{len(study.seeds)} seed(s)"] + (plan_lines(study, tuning) if study.tune else [])
+        keys = keys + (study.tune.keys if study.tune else [])
+        header = ["id"] + [short_key(k) for k in keys] + ["seed", "kimg"] + (["phase"] if study.tune else [])
         table = [[r.id] + [str(r.labels.get(k, "-")) for k in keys] + [str(r.seed), f"{r.config.train.kimg:g}"]
-                 for r in runs]
+                 + ([str(r.labels.get(PHASE_KEY, "seeded"))] if study.tune else []) for r in runs]
     widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(header)]
     lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table]

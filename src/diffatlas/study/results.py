@@ -6,7 +6,8 @@ sweep (every n, final snapshot); entries of the independent draws (evaluation.dr
 from per-sample seed draws.seed + j * n, j < count) are kept apart and ride on the records of
 their (metric, setting) as "draws"; any other seed is ignored. Each record also carries "sampled":
 how its final value was sampled (the entry's sampler, grid, steps, nfe, nfe_budget, clip, options;
-a field an older entry lacks is absent), for the report's fairness check."""
+a field an older entry lacks is absent), for the report's fairness check. Tuning runs (a study's
+`tune` section, labelled phase=tuning) are left out: they are no seed of the comparison."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from ..checkpoint import read_stats
 from ..errors import UserError
 from .convergence import convergence_point
 from .ledger import Ledger, RunRow
+from .spec import is_tuning
 from .statistics import EVAL_KEY
 
 
@@ -207,6 +209,7 @@ def load_results(out: str | Path, n: int | None = None) -> StudyResults:
     if ids is not None:
         keep = set(ids)
         rows = [r for r in rows if r.id in keep]
+    rows = [r for r in rows if not is_tuning(r.labels)]  # tuning runs (study.tuning) are no seed of the comparison
     n = n or ev.get("n")
     ev_seed = int(ev.get("seed") or 0)
     draws_plan = ev.get("draws") or None

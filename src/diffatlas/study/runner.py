@@ -33,8 +33,9 @@ from ..io import atomic_write_text
 from ..errors import UserError, one_line
 from ..tensorboard_log import link_runs
 from .executors import ExecutorSpec
-from .ledger import Ledger, RunRow, worker_name
+from .ledger import Ledger, RunRow, worker_dead, worker_name
 from .spec import Study
+from .tuning import TUNING_FILE, TUNING_IDS_KEY, configuration_label, decide, load_choices
 
 # Task, the work function and the cancel mark live in study.work (cluster jobs use them without the
 # local runner); re-exported here, where users import them from.
@@ -49,10 +50,20 @@ def default_out(study: Study) -> Path:
 def prepare(study: Study, out: Path, resolve: Callable[[Any], Any] | None = None,
             stale_after: float = 600.0, log: Callable[[str], Any] | None = None) -> tuple[Ledger, list]:
     """Expand and validate the study first (nothing is written on a bad study), then open the
-    ledger and add the runs not in it yet."""
-    runs = study.runs(resolve)
+    ledger and add the runs not in it yet (prepare_study without the tuning runs)."""
+    ledger, runs, _ = prepare_study(study, out, resolve, stale_after, log)
+    return ledger, runs
+
+
+def prepare_study(study: Study, out: Path, resolve: Callable[[Any], Any] | None = None,
+                  stale_after: float = 600.0, log: Callable[[str], Any] | None = None) -> tuple[Ledger, list, list]:
+    """prepare, returning (ledger, seeded runs, tuning runs). A study with `tune` adds its tuning
+    runs; its seeded runs exist only once OUT/tuning.json records this tuning's choices (until then
+    the list is empty: Runner.run tunes first)."""
+    tuning = study.tuning_runs(resolve)
+    runs = study.runs(resolve) if study.tune is None else []
     validate.writable_dir(out, "study output folder")
-    for name in ("runs", "ledger.sqlite", "study.yaml"):
+    for name in ("runs", "ledger.sqlite", "study.yaml", TUNING_FILE):
         if (out / name).exists() and not validate.can_write(out / name):
             raise UserError(f"{str(out / name)!r} is not writable by this user; fix its permissions")
     if (out / "runs").exists() and not (out / "runs").is_dir():
@@ -63,11 +74,15 @@ def prepare(study: Study, out: Path, resolve: Callable[[Any], Any] | None = None
     text = yaml.safe_dump(study.raw, sort_keys=False) if study.raw else ""
     if text:  # a temporary file of its own per writer: runners may start side by side
         atomic_write_text(out / "study.yaml", text)
-    ledger.sync(runs, out / "runs")
-    link_runs(out, [(f"{r.label()}, seed={r.seed}", r.run_dir or out / "runs" / r.id)
-                    for r in runs if r.config.train.tensorboard])
+    ledger.sync(tuning, out / "runs")
+    _link(out, tuning)
     ledger.set_meta("study_name", study.name)
-    ledger.set_meta("run_ids", [r.id for r in runs])
+    ledger.set_meta(TUNING_IDS_KEY, [r.id for r in tuning])
+    if study.tune is not None:
+        choices = load_choices(out, study, tuning, log)
+        if choices is not None:
+            runs = study.runs(resolve, choices)
+    _add_seeded(ledger, out, runs)
     evaluation = json.loads(json.dumps(asdict(study.evaluation), default=str))
     before = ledger.get_meta("evaluation")
     if before is not None and before != evaluation:
@@ -77,7 +92,20 @@ def prepare(study: Study, out: Path, resolve: Callable[[Any], Any] | None = None
                 "(training is not repeated; entries already in each metrics.jsonl are not recomputed)")
     ledger.set_meta("evaluation", evaluation)
     ledger.set_meta("budget_kimg", study.budget_kimg)
-    return ledger, runs
+    return ledger, runs, tuning
+
+
+def _link(out: Path, runs: list) -> None:
+    link_runs(out, [(f"{r.label()}, seed={r.seed}", r.run_dir or out / "runs" / r.id)
+                    for r in runs if r.config.train.tensorboard])
+
+
+def _add_seeded(ledger: Ledger, out: Path, runs: list) -> None:
+    """The runs of the comparison: into the ledger, and recorded as the study's runs (results and
+    status read `run_ids`; the tuning runs are recorded apart, under TUNING_IDS_KEY)."""
+    ledger.sync(runs, out / "runs")
+    _link(out, runs)
+    ledger.set_meta("run_ids", [r.id for r in runs])
 
 
 # ---- the worker loop -------------------------------------------------------------------------
@@ -122,7 +150,7 @@ def worker_loop(out: Path, study: Study, work: WorkFn, *, tag: str | None = None
                 break
             result_key = _do_run(ledger, row, out, study, work, worker, heartbeat_s, log)
             result[result_key] += 1
-            c = ledger.counts()
+            c = ledger.counts(run_ids)
             log(f"progress: {c['done']}/{total} done, {c['running']} running, {c['failed']} failed")
     finally:
         ledger.close()
@@ -139,7 +167,7 @@ def _do_run(ledger: Ledger, row: RunRow, out: Path, study: Study, work: WorkFn, 
     t0 = time.time()
     try:
         cfg = C.from_dict(row.config)
-        work(Task(row.id, run_dir, cfg, row.config, row.labels, study.evaluation, row.attempts, log))
+        work(Task(row.id, run_dir, cfg, row.config, row.labels, study.evaluation_for(row.labels), row.attempts, log))
     except KeyboardInterrupt:
         ledger.release(row.id, worker)
         log(f"run {row.id} interrupted; it resumes on the next `study run`")
@@ -256,17 +284,48 @@ class Runner:
         self.driver_options = driver_options or {}  # RemoteDriver keyword arguments (tests: faster polling)
 
     def run(self) -> dict:
-        """Do every run not done yet; returns the ledger's status counts."""
-        ledger, runs = prepare(self.study, self.out, self.resolve, self.stale_after, log=lambda m: print(m, flush=True))
+        """Do every run not done yet; returns the ledger's status counts. A study with `tune` first
+        does its tuning runs, decides (OUT/tuning.json), then adds and does its seeded runs."""
+        def log(msg: str) -> None:
+            print(msg, flush=True)
+
+        started = time.time()
+        ledger, runs, tuning = prepare_study(self.study, self.out, self.resolve, self.stale_after, log=log)
         if self.retry_failed:
             ledger.reset_failed()
-        ids = [r.id for r in runs]
-        c = ledger.counts()
+        c = ledger.counts([r.id for r in tuning])
         where = (f"{self.workers} worker(s)" if not self.executor.remote
                  else f"{self.executor.name} jobs ({describe_request(self.executor)} per run)")
+        ledger.close()
+        if tuning and not runs:  # phase 1: the tuning runs, then the choice and the seeded runs
+            t = self.study.tune
+            print(f"study {self.study.name}: tuning first, {len(tuning)} tuning runs in {self.out} "
+                  f"({len(self.study.combinations())} configuration(s) x {len(t.candidates())} candidate(s) of "
+                  f"{', '.join(t.keys)} on the held-out seed {t.seed}; {c['done']} done, {c['failed']} failed); {where}",
+                  flush=True)
+            runs = self._tune(tuning, started)
+            if runs is None:
+                return self._summary([r.id for r in tuning])
+        elif tuning:
+            print(f"study {self.study.name}: tuned ({self.out / TUNING_FILE}); the seeded runs use its choices", flush=True)
+            if c["pending"] or c["failed"]:  # reopened (a changed evaluation section) or retried: finished, not re-decided
+                print(f"study {self.study.name}: {c['pending'] + c['failed']} tuning run(s) to finish first; "
+                      f"the choice stays as {TUNING_FILE} records it", flush=True)
+                self._execute([r.id for r in tuning])
+        ids = [r.id for r in runs]
+        with Ledger(self.out / "ledger.sqlite") as ledger:
+            c = ledger.counts(ids)
+            cancelled = cancelled_since(ledger, started)
+        if cancelled:  # cancelled between the phases
+            print(f"study {self.study.name}: cancelled (diffatlas study cancel); no seeded run is started", flush=True)
+            return self._summary(ids)
         print(f"study {self.study.name}: {len(runs)} runs in {self.out} ({c['done']} done, {c['failed']} failed); "
               f"{where}", flush=True)
-        ledger.close()
+        self._execute(ids)
+        return self._summary(ids)
+
+    def _execute(self, ids: list[str]) -> None:
+        """Do the runs of `ids` with the executor until none can be claimed (or the study is cancelled)."""
         if self.executor.remote:
             from .executors.remote import RemoteDriver
 
@@ -277,6 +336,52 @@ class Runner:
             worker_loop(self.out, self.study, self.work, run_ids=ids, stale_after=self.stale_after, heartbeat_s=self.heartbeat_s)
         else:
             self._run_processes(ids)
+
+    def _tune(self, tuning: list, started: float) -> list | None:
+        """Phase 1: do the tuning runs (waiting for any another runner is doing), then decide, write
+        tuning.json and add the seeded runs. Returns the seeded runs, or None when the tuning is not
+        complete (cancelled, interrupted workers, or a tuning run out of attempts)."""
+        ids = [r.id for r in tuning]
+        waiting = False
+        while True:
+            self._execute(ids)
+            with Ledger(self.out / "ledger.sqlite", max_attempts=self.study.max_attempts) as ledger:
+                rows = [ledger.get(i) for i in ids]
+                cancelled = cancelled_since(ledger, started)
+            by = {s: [r for r in rows if r is not None and r.status == s] for s in ("pending", "running", "failed")}
+            elsewhere = [r for r in by["running"] if not worker_dead(r.worker)]
+            if cancelled or by["pending"] or (by["running"] and not elsewhere):
+                print(f"study {self.study.name}: the tuning is not complete ({len(by['pending']) + len(by['running'])} "
+                      f"tuning run(s) left{', the study was cancelled' if cancelled else ''}); the seeded runs start "
+                      "after it: `diffatlas study run` continues", flush=True)
+                return None
+            if by["failed"]:
+                print(f"study {self.study.name}: {len(by['failed'])} tuning run(s) failed after "
+                      f"{self.study.max_attempts} attempt(s); every candidate of every configuration is needed for an "
+                      "equal tuning budget, so no seeded run is started: fix the cause and run again with --retry-failed",
+                      flush=True)
+                return None
+            if not elsewhere:
+                break
+            if not waiting:
+                print(f"study {self.study.name}: waiting for {len(elsewhere)} tuning run(s) another runner is doing",
+                      flush=True)
+                waiting = True
+            time.sleep(max(0.2, min(self.heartbeat_s, 5.0)))
+        with Ledger(self.out / "ledger.sqlite", max_attempts=self.study.max_attempts) as ledger:
+            run_dirs = {r.id: Path(r.run_dir) for r in rows}
+            choices, rec = decide(self.out, self.study, tuning, run_dirs)
+            metric = self.study.tune.metric
+            for conf in rec["configurations"]:
+                values = "; ".join(f"{configuration_label(c['values'])}: "
+                                   + ("not finite" if c["value"] is None else f"{c['value']:.4g}") for c in conf["candidates"])
+                print(f"tuned {configuration_label(conf['labels'])}: final {metric} per candidate {values}; chosen "
+                      f"{configuration_label(conf['chosen'])}", flush=True)
+            runs = self.study.runs(self.resolve, choices)
+            _add_seeded(ledger, self.out, runs)
+        return runs
+
+    def _summary(self, ids: list[str]) -> dict:
         with Ledger(self.out / "ledger.sqlite", max_attempts=self.study.max_attempts) as ledger:
             counts = ledger.counts()
             failed = [r for r in ledger.rows() if r.status == "failed" and r.id in set(ids)]

@@ -22,11 +22,22 @@ A study file (YAML) reads
     max_attempts: 2
     executor: {name: slurm, gpus_per_run: 1, slurm: {partition: gpu}}   # where runs execute (study.executors)
     arm: original               # optional: original | harmonised, for a replication summary (see below)
+    tune:                       # optional: an equal tuning budget per configuration before the seeded runs
+      seed: 100                 # a held-out seed (not one of `seeds`)
+      grid: {train.lr: [3.0e-4, 1.0e-3, 3.0e-3]}   # config key -> candidates (a product over several keys)
+      metric: fid               # default: the first of evaluation.metrics
+      setting: 0                # the evaluation setting that decides (an index of evaluation.samplers)
+      budget_kimg: 24           # default: the study's budget_kimg
 
 `arm` (optional, never part of a run) says which arm of a replication a study is: `original`, each
 process trained with its paper's recipe, or `harmonised`, the same comparisons with one recipe for
 every process. `diffatlas report PART ... -o OUT` (report.summary) reads it to say whether a verdict
 of the original arm survives the harmonised one, i.e. whether it belongs to the process or to its recipe.
+
+With `tune`, every configuration (one combination of the axes) first trains the held-out seed once
+per grid candidate and evaluates its final snapshot with the deciding setting only (the tuning
+runs); its seeded runs then take the best candidate (study.tuning). Tuning runs carry the label
+`phase: tuning` and are never part of the comparison.
 
 An evaluation-only study names finished runs (trained, or imported with `diffatlas import`) instead
 of axes, seeds and a budget; each is evaluated with every `evaluation.samplers` setting, in place:
@@ -57,10 +68,14 @@ from ..validate import COUNT_MAX, KIMG_MAX, SEED, STEPS, Range
 from .executors import ExecutorSpec, parse_executor
 
 STUDY_KEYS = ("name", "description", "base", "base_file", "axes", "seeds", "budget_kimg", "evaluation", "max_attempts",
-              "executor", "models", "arm")
+              "executor", "models", "arm", "tune")
 ARMS = ("original", "harmonised")   # values of the optional `arm` key ("harmonized" reads as "harmonised")
 # What an evaluation-only study (models) cannot have: it trains nothing.
-TRAINING_KEYS = ("base", "base_file", "axes", "seeds", "budget_kimg")
+TRAINING_KEYS = ("base", "base_file", "axes", "seeds", "budget_kimg", "tune")
+TUNE_KEYS = ("seed", "grid", "metric", "setting", "budget_kimg")
+# The label that marks a tuning run (in the ledger, the run's Task and `study status`): results,
+# statistics and reports leave such runs out of the comparison.
+PHASE_KEY, TUNING = "phase", "tuning"
 EVAL_KEYS = ("metrics", "n", "every_kimg", "samplers", "n_sweep", "extractor", "seed", "draws")
 # Keys the study sets itself; an axis over them would fight with `seeds`, `budget_kimg`, `every_kimg`.
 RESERVED = {"train.seed": "seeds", "train.kimg": "budget_kimg"}
@@ -85,6 +100,33 @@ class Evaluation:
     extractor: str = "classifier"
     seed: int = 0
     draws: dict | None = None
+
+
+@dataclass(frozen=True)
+class Tune:
+    """A study's tuning before the seeded comparison (the `tune:` section). Every configuration trains
+    `seed` (held out: not one of the study's seeds) with every candidate of `grid` for `budget_kimg`
+    (None: the study's budget), evaluated at the final snapshot with evaluation setting `setting` on
+    `metric` only; each configuration's seeded runs take its best candidate (study.tuning)."""
+
+    seed: int
+    grid: dict            # dotted config key -> candidate values, in file order
+    metric: str
+    setting: int
+    budget_kimg: float | None = None
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self.grid)
+
+    def candidates(self) -> list[dict]:
+        """Every combination of the grid's values, in grid order (the last key varies fastest)."""
+        return [dict(zip(self.grid, values)) for values in itertools.product(*self.grid.values())]
+
+
+def is_tuning(labels: dict) -> bool:
+    """Whether a run's labels mark it as a tuning run (not a seed of the comparison)."""
+    return labels.get(PHASE_KEY) == TUNING
 
 
 @dataclass(frozen=True)
@@ -130,6 +172,7 @@ class Study:
     executor: ExecutorSpec = field(default_factory=ExecutorSpec)  # where runs execute; never part of a run's id
     models: tuple[tuple[str, str], ...] = ()  # (label, run directory) of an evaluation-only study
     arm: str | None = None                    # "original" | "harmonised" | None (see the module docstring)
+    tune: Tune | None = None                  # tuning before the seeded runs (study.tuning)
 
     @property
     def axis_keys(self) -> list[str]:
@@ -168,29 +211,65 @@ class Study:
             _set_dotted(data, "train.keep_snapshots", True)
         return data
 
-    def runs(self, resolve: Callable[[Any], Any] | None = None) -> list[RunSpec]:
-        """Expand into runs (combinations x seeds), each resolved; UserError on a bad combination."""
+    def runs(self, resolve: Callable[[Any], Any] | None = None, tuned: Sequence[dict] | None = None) -> list[RunSpec]:
+        """Expand into runs (combinations x seeds), each resolved; UserError on a bad combination.
+        A study with `tune` needs `tuned`: per combination (in `combinations()` order) the chosen
+        values of the tuned keys (study.tuning); they enter the config, not the labels."""
         resolve = resolve or C.resolve
         if self.models:
             return self._model_runs(resolve)
+        combos = self.combinations()
+        if self.tune is not None and (tuned is None or len(tuned) != len(combos)):
+            raise ValueError("the seeded runs of a study with `tune` are expanded from the tuning's choices, one per "
+                             "configuration (study.tuning)")
+        plan = [(combo, dict(tuned[i]) if tuned is not None else {}, seed, {**combo, "seed": int(seed)}, {})
+                for i, combo in enumerate(combos) for seed in self.seeds]
+        return self._expand(plan, resolve)
+
+    def tuning_runs(self, resolve: Callable[[Any], Any] | None = None) -> list[RunSpec]:
+        """The tuning runs (none without `tune`): per combination, per grid candidate (configuration-major),
+        the held-out seed trained for the tuning budget, keeping only its latest snapshot (the final one
+        is evaluated). Labels: the combination, the candidate, the seed and phase=tuning."""
+        if self.tune is None or self.models:
+            return []
+        t = self.tune
+        after: dict = {"train.keep_snapshots": False}
+        if t.budget_kimg is not None:
+            after["train.kimg"] = float(t.budget_kimg)
+        plan = [(combo, cand, t.seed, {**combo, **cand, "seed": int(t.seed), PHASE_KEY: TUNING}, after)
+                for combo in self.combinations() for cand in t.candidates()]
+        return self._expand(plan, resolve or C.resolve)
+
+    def evaluation_for(self, labels: dict) -> Evaluation:
+        """How a run is evaluated: the study's evaluation, or for a tuning run the deciding metric with
+        the deciding setting at the study's n and evaluation seed (no n sweep, no draws)."""
+        if self.tune is None or not is_tuning(labels):
+            return self.evaluation
+        ev = self.evaluation
+        return Evaluation((self.tune.metric,), ev.n, None, (ev.samplers[self.tune.setting],), (), ev.extractor, ev.seed,
+                          None)
+
+    def _expand(self, plan: list[tuple[dict, dict, int, dict, dict]], resolve: Callable[[Any], Any]) -> list[RunSpec]:
+        """plan: (combination, extra config values, seed, labels, values set last) per run."""
         runs: list[RunSpec] = []
         seen: dict[str, str] = {}
-        for combo in self.combinations():
-            for seed in self.seeds:
-                where = ", ".join(f"{k}={v}" for k, v in combo.items()) or "base"
-                try:
-                    cfg = resolve(C.from_dict(self.run_overrides(combo, seed)))
-                except (UserError, UnknownNameError) as e:
-                    raise UserError(f"study {self.name!r}, run {where}: {e}") from None
-                rid = run_id(cfg)
-                labels = {**combo, "seed": int(seed)}
-                if rid in seen:
-                    raise UserError(f"study {self.name!r}: runs {seen[rid]} and {where} seed={seed} resolve to the same config; "
-                                    "remove one of the axis values")
-                seen[rid] = f"{where} seed={seed}"
-                runs.append(RunSpec(rid, len(runs), cfg, labels))
-                self._check_guidance(cfg, where)
-                self._check_sampling(cfg, where)
+        for combo, extra, seed, labels, after in plan:
+            where = ", ".join(f"{k}={v}" for k, v in {**combo, **extra}.items()) or "base"
+            data = self.run_overrides({**combo, **extra}, seed)
+            for key, value in after.items():
+                _set_dotted(data, key, value)
+            try:
+                cfg = resolve(C.from_dict(data))
+            except (UserError, UnknownNameError) as e:
+                raise UserError(f"study {self.name!r}, run {where}: {e}") from None
+            rid = run_id(cfg)
+            if rid in seen:
+                raise UserError(f"study {self.name!r}: runs {seen[rid]} and {where} seed={seed} resolve to the same config; "
+                                "remove one of the axis values")
+            seen[rid] = f"{where} seed={seed}"
+            runs.append(RunSpec(rid, len(runs), cfg, labels))
+            self._check_guidance(cfg, where)
+            self._check_sampling(cfg, where)
         return runs
 
     def _check_sampling(self, cfg: Any, where: str) -> None:
@@ -467,6 +546,40 @@ def _parse_draws(d: Any, eval_seed: int, largest_n: int) -> dict | None:
     return {"n": n, "count": count, "seed": seed}
 
 
+def _parse_tune(d: Any, axis_keys: list[str], seeds: Sequence[int], evaluation: Evaluation) -> Tune:
+    """The `tune:` section, every part checked against the rest of the study (nothing is trained yet)."""
+    if not isinstance(d, dict):
+        raise UserError(f"study `tune` must be a mapping with keys {', '.join(TUNE_KEYS)}, got {d!r}")
+    validate.known_keys(d, TUNE_KEYS, "tune")
+    if "seed" not in d:
+        raise UserError("tune.seed is missing: give a held-out seed for the tuning runs (not one of `seeds`)")
+    if isinstance(d["seed"], bool) or not isinstance(d["seed"], int):
+        raise UserError(f"tune.seed must be an integer (a held-out seed), got {d['seed']!r}")
+    seed = int(validate.number(d["seed"], "tune.seed", SEED))
+    if seed in seeds:
+        raise UserError(f"tune.seed {seed} is one of the study's seeds {list(seeds)}; the tuning seed must be held out")
+    grid = d.get("grid")
+    if not isinstance(grid, dict) or not grid:
+        raise UserError("tune.grid must be a non-empty mapping of config keys to lists of candidate values, "
+                        "e.g. {train.lr: [3.0e-4, 1.0e-3]}")
+    for key in grid:
+        check_key(key, "tune.grid")
+        if key in axis_keys:
+            raise UserError(f"tune.grid: {key} is also an axis of the study; a key is either compared or tuned, not both")
+        _check_values(grid[key], key, "tune.grid")
+    metric = d.get("metric", evaluation.metrics[0])
+    if metric not in evaluation.metrics:
+        raise UserError(f"tune.metric {metric!r} is not one of evaluation.metrics ({', '.join(evaluation.metrics)})")
+    setting = d.get("setting", 0)
+    if isinstance(setting, bool) or not isinstance(setting, int) or not 0 <= setting < len(evaluation.samplers):
+        raise UserError(f"tune.setting must be the index of an evaluation setting, 0 to {len(evaluation.samplers) - 1} "
+                        f"(evaluation.samplers has {len(evaluation.samplers)}), got {setting!r}")
+    budget = d.get("budget_kimg")
+    if budget is not None:
+        budget = float(validate.number(budget, "tune.budget_kimg", Range(0, KIMG_MAX, lo_open=True)))
+    return Tune(seed, {str(k): list(v) for k, v in grid.items()}, str(metric), int(setting), budget)
+
+
 def _parse_models(d: dict, base_dir: Path | None) -> tuple[tuple[str, str], ...]:
     """`models`: label -> run directory, or a list of run directories (labelled by folder name)."""
     raw = d["models"]
@@ -532,9 +645,14 @@ def study_from_dict(d: Any, source: str | None = None, base_dir: Path | None = N
         budget = validate.number(budget, "study `budget_kimg`", Range(0, KIMG_MAX, lo_open=True))
     attempts = int(validate.number(d.get("max_attempts", 2), "study `max_attempts`", Range(1, 1000, integer=True)))
     models = _parse_models(d, base_dir) if "models" in d else ()
+    evaluation = _parse_evaluation(d.get("evaluation"))
+    tune = None
+    if "tune" in d:
+        axis_keys = [k for g in axes for combo in g["combos"] for k in combo]
+        tune = _parse_tune(d["tune"], axis_keys, seeds, evaluation)
     return Study(name.strip(), base, axes, tuple(seeds), None if budget is None else float(budget),
-                 _parse_evaluation(d.get("evaluation")), attempts, str(d.get("description") or ""), source, d,
-                 executor=parse_executor(d.get("executor")), models=models, arm=parse_arm(d.get("arm")))
+                 evaluation, attempts, str(d.get("description") or ""), source, d,
+                 executor=parse_executor(d.get("executor")), models=models, arm=parse_arm(d.get("arm")), tune=tune)
 
 
 def parse_arm(value: Any) -> str | None:

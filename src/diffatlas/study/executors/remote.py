@@ -57,7 +57,7 @@ def make_backend(spec: ExecutorSpec, out: Path, *, connect: bool = True) -> Back
 
 
 def payload_for(row: RunRow, study: Study, spec: ExecutorSpec, work: WorkFn, log_path: str | None = None) -> JobPayload:
-    return JobPayload(row.id, str(Path(row.run_dir).resolve()), row.config, row.labels, study.evaluation, row.attempts,
+    return JobPayload(row.id, str(Path(row.run_dir).resolve()), row.config, row.labels, study.evaluation_for(row.labels), row.attempts,
                       threads=spec.cpus_per_run, processes=max(1, spec.gpus_per_run), cwd=os.getcwd(),
                       log_path=log_path, work=work)
 
@@ -101,7 +101,7 @@ class RemoteDriver:
                 changed = self._collect(ledger, backend, follow, ended_at)
                 changed |= self._submit(ledger, backend, follow, ids)
                 if changed:
-                    c = ledger.counts()
+                    c = ledger.counts(ids)
                     self.log(f"progress: {c['done']}/{total} done, {len(follow)} job(s) queued or running, {c['failed']} failed")
                 if not follow:
                     break
