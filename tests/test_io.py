@@ -246,3 +246,35 @@ def test_config_keys_of_registry_objects_are_checked_with_a_suggestion() -> None
     cfg = load_config(None, ["network.dropout=0", "data.name=toy2d", "network.preset=mlp-xs", "data.n=100"])
     assert cfg.network.options == {"dropout": 0} and cfg.data.options == {"n": 100}  # kept as given: same run ids
     assert json.loads(json.dumps(cfg.network.options)) == {"dropout": 0}
+
+
+def _build_slowly(final: str, log: str) -> None:
+    import time
+
+    from diffatlas.io import build_once
+
+    with build_once(final, ready="done") as tmp:
+        if tmp is not None:
+            with open(log, "a") as f:
+                f.write("built\n")
+            time.sleep(0.5)
+            (tmp / "done").write_text("ok")
+
+
+def test_build_once_builds_a_cached_folder_once_across_processes(tmp_path):
+    """Workers that need the same cached folder at once (a dataset's evaluation classifier) build it
+    once: the others wait for the lock and find it complete; nothing temporary is left."""
+    import multiprocessing as mp
+
+    final, log = tmp_path / "cache" / "thing", tmp_path / "log"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_build_slowly, args=(str(final), str(log))) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert log.read_text() == "built\n" and (final / "done").read_text() == "ok"
+    assert sorted(x.name for x in final.parent.iterdir() if not x.name.endswith(".lock")) == ["thing"]
+    _build_slowly(str(final), str(log))  # already there: not built again
+    assert log.read_text() == "built\n"

@@ -51,7 +51,7 @@ from . import validate
 from .checkpoint import list_snapshots, load_meta, read_dataset_info
 from .data import dataset_from_config, load_dataset
 from .errors import UserError
-from .io import append_jsonl, atomic_dir, atomic_write, atomic_write_json, atomic_write_text, cache_root, read_jsonl
+from .io import append_jsonl, atomic_write, atomic_write_json, atomic_write_text, build_once, cache_root, read_jsonl
 from .samplers.clip import resolve_clip
 from .samplers.plan import request_label
 from .sampling import generate, load_run, read_run_config, run_plan
@@ -187,12 +187,12 @@ def evaluation_classifier(dataset: str, *, root: str | None = None, resolution: 
     if path is not None:
         return load_classifier(path, device=device)
     final = default_classifier_dir(dataset, resolution, options)
-    if not (final / "classifier.json").is_file():
-        log(f"no evaluation classifier for {final.name} at {final}: training one (cached for later evaluations)")
-        with atomic_dir(final, if_exists="keep") as tmp:  # another process got there first: use theirs
+    with build_once(final, ready="classifier.json") as tmp:  # concurrent evaluations train it once
+        if tmp is not None:
+            log(f"no evaluation classifier for {final.name} at {final}: training one (cached for later evaluations)")
             train_eval_classifier(dataset, root=root, resolution=resolution, options=options, out_dir=tmp,
                                   device=device, log=log)
-        log(f"evaluation classifier cached at {final}")
+            log(f"evaluation classifier cached at {final}")
     return load_classifier(final, device=device)
 
 
@@ -447,19 +447,13 @@ def default_noisy_classifier_dir(cfg: Any) -> Path:
 
 def _train_shared_noisy_classifier(run_dir: Path, final: Path, device: torch.device, log: LogFn) -> None:
     """Train the noise-aware classifier into `final` once: concurrent evaluations (study workers) wait
-    on a lock file beside it and then load the one the first of them wrote."""
-    import fcntl
-
+    for the first of them and then load the one it wrote."""
     from .guidance import train_noisy_classifier_for
 
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with open(final.parent / f".{final.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if final.is_dir():
-            return
-        log(f"no guidance classifier given: training the noise-aware classifier of this dataset and process "
-            f"into {final} (shared by every run with the same data and process)")
-        with atomic_dir(final, if_exists="keep") as tmp:
+    with build_once(final) as tmp:
+        if tmp is not None:
+            log(f"no guidance classifier given: training the noise-aware classifier of this dataset and process "
+                f"into {final} (shared by every run with the same data and process)")
             train_noisy_classifier_for(run_dir, tmp, device=device, log=log)
 
 

@@ -332,6 +332,31 @@ def atomic_dir(final: str | Path, *, if_exists: str = "error") -> Iterator[Path]
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextmanager
+def build_once(final: str | Path, ready: str | None = None) -> Iterator[Path | None]:
+    """Build a cached folder once across concurrent processes (study workers): the first takes a lock
+    file beside `final` and gets a temporary folder to fill (published with atomic_dir); the others wait
+    on the lock and then get None, because `final` exists (`ready`, a file inside it, says it is
+    complete when given). Yields None at once when it is already there."""
+    final = Path(final)
+
+    def done() -> bool:
+        return (final / ready).is_file() if ready else final.is_dir() and any(final.iterdir())
+
+    if done():
+        yield None
+        return
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.parent / f".{final.name}.lock", "w") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when the process dies
+        if done():
+            yield None
+            return
+        with atomic_dir(final, if_exists="replace") as tmp:
+            yield tmp
+
+
 # ---- YAML ------------------------------------------------------------------------------------
 
 class _StrictLoader(yaml.SafeLoader):
