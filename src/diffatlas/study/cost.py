@@ -382,7 +382,7 @@ def measure_evaluation(run_dir: Path, ev: Evaluation, *, threads: int, one_offs:
     notes: list[str] = []
     try:
         cfg = read_run_config(run_dir)
-        dev = torch.device(validate.device(str(cfg.train.device)))
+        dev = torch.device(validate.device("auto"))  # where evaluate_run samples, as the study runner calls it
         run = load_run(run_dir, None, device=dev)
         load_s = _median_time(lambda: load_run(run_dir, None, device=dev), budget_s=0.5)
         shape, k = run.shape, read_dataset_info(run_dir)["num_classes"]  # the dataset's classes, as evaluate_run
@@ -476,7 +476,8 @@ def measure_evaluation(run_dir: Path, ev: Evaluation, *, threads: int, one_offs:
 
             # the metric computation of one snapshot evaluation at each n of the plan, on random features
             rng = np.random.default_rng(0)
-            t_ref, reference = _timed(lambda: FrechetReference(np.zeros(dim), np.eye(dim)))
+            a = rng.standard_normal((2 * dim, dim))
+            t_ref, reference = _timed(lambda: FrechetReference(np.zeros(dim), a.T @ a / (2 * dim)))
             call_s += t_ref
             metrics_s = {}
             real_needed = any(getattr(METRICS.get(m), "needs_real_features", False) for m in metrics)

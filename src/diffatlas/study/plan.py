@@ -283,6 +283,7 @@ def _measured_lines(study: Study, runs: list[RunSpec], works: list[Work], steps:
                     break
             for t, u in eval_by[ek].items():
                 lines.append(_eval_line(f"{network_label(r.config)} on {data_label(r.config)}", u))
+                lines += [f"    note: {n}" for n in u.notes]
             continue
         if tk in train_by:
             continue
