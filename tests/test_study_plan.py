@@ -162,8 +162,9 @@ def test_plan_adds_training_evaluation_and_one_offs(monkeypatch):
                           format_duration(3 * (train_run + ev_run + 30.0) + 7.0))   # a classifier per run, the dataset's once
     per = [train_run + ev_run + 30.0 + 7.0] + [train_run + ev_run + 30.0] * 2
     assert (f"estimated wall time, 2 workers (1 thread each): {format_duration(cost.makespan([p * 1.25 for p in per], 2))}"
+            f", the runs' training {format_duration(3 * train_run * 1.25)} + evaluation {format_duration(3 * ev_run * 1.25)}"
             in text)
-    assert "slowed by the others x1.25: the training rate with 1 thread alone 100 img/s, beside 1 more worker" in text
+    assert "slowed by the other workers x1.25: the training rate with 1 thread alone 100 img/s, beside 1 more worker" in text
     assert "a noise-aware classifier per run (classifier guidance)" in text
 
 
@@ -219,3 +220,17 @@ def test_cli_prints_a_gpu_line_for_a_gpu_study(tmp_path, capsys):
     assert cli.main(["study", "plan", str(p), "--no-calibrate", "--gpu", "a100"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--gpu 'a100'" in err and "h200" in err
+
+
+def test_contention_is_measured_beside_real_concurrent_workers():
+    """One more process trains the same config while the rate is timed again; the processes end with it."""
+    import multiprocessing as mp
+
+    from diffatlas.study.plan import measure_contention
+
+    base = {"data": {"name": "toy2d"}, "network": {"preset": "mlp-xs"},
+            "train": {"batch": 64, "doctor": False, "device": "cpu", "tensorboard": False}}
+    st = study({"metrics": ["bpd"]}, base=base)
+    c = measure_contention(st.runs()[0], threads=1, others=1)
+    assert c["alone"] > 0 and c["loaded"] > 0 and c["factor"] == max(1.0, c["alone"] / c["loaded"])
+    assert not mp.active_children()

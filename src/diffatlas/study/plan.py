@@ -350,9 +350,12 @@ def _measured_lines(study: Study, runs: list[RunSpec], works: list[Work], steps:
                        f"{c['loaded']:.0f} img/s" + (f"; x{(workers - 1) / others:.2g} for the workers beyond "
                                                      f"{others + 1}" if workers - 1 > others else ""))
         times = [sum(x) * factor for x in per[w_threads]]
+        tw = [sum(x[i] for x in per[w_threads]) * factor for i in range(3)]
         lines.append(f"estimated wall time, {workers} workers ({w_threads} thread{'s' if w_threads != 1 else ''} each): "
-                     f"{format_duration(makespan(times, workers))}; each worker takes the next run in the ledger's order, "
-                     f"its runs timed at {w_threads} thread{'s' if w_threads != 1 else ''} and slowed by the others {how}")
+                     f"{format_duration(makespan(times, workers))}, the runs' training {format_duration(tw[0])} + "
+                     f"evaluation {format_duration(tw[1])} + one-offs {format_duration(tw[2])} shared out as each worker "
+                     f"takes the next run in the ledger's order; timed at {w_threads} thread{'s' if w_threads != 1 else ''}"
+                     f" and slowed by the other workers {how}")
     return lines
 
 
