@@ -150,20 +150,22 @@ def test_plan_adds_training_evaluation_and_one_offs(monkeypatch):
                 "samplers": [{"sampler": "ddim", "steps": 5}, {"sampler": "ddim", "steps": 5, "guidance": "classifier:1"}]},
                seeds=[0, 1, 2])
     text = plan_text(st, st.runs(), workers=2, calibrate_fn=fake_calibrate,
-                     contention_fn=lambda run, threads, others: {"alone": 100.0, "loaded": 80.0, "factor": 1.25})
+                     contention_fn=lambda run, threads, others: {"alone": 100.0, "loaded": 80.0, "factor": 1.25},
+                     startup_fn=lambda: 4.0)
     assert calls == [(0, 1, True)]   # one data/network/batch: measured once, the evaluation with it
     snaps = 2
     ev_run = 2 * 0.5 + snaps * (0.1 + 100 * 5 * 1e-3 + 100 * 1e-4 + 0.01) + snaps * (0.1 + 100 * 5 * 3e-3 + 100 * 1e-4 + 0.01)
     train_run = 256 / 100.0 + 1.0
     m = re.search(r"estimated time, one worker \(1 thread\): training (\S+) \+ evaluation (\S+) \+ one-off "
-                  r"classifiers and statistics (\S+) = (\S+)\n", text)
+                  r"classifiers and statistics (\S+) \+ process start (\S+) = (\S+)\n", text)
     assert m, text
     assert m.groups() == (format_duration(3 * train_run), format_duration(3 * ev_run), format_duration(3 * 30.0 + 7.0),
-                          format_duration(3 * (train_run + ev_run + 30.0) + 7.0))   # a classifier per run, the dataset's once
+                          format_duration(4.0), format_duration(3 * (train_run + ev_run + 30.0) + 7.0 + 4.0))
     per = [train_run + ev_run + 30.0 + 7.0] + [train_run + ev_run + 30.0] * 2
-    assert (f"estimated wall time, 2 workers (1 thread each): {format_duration(cost.makespan([p * 1.25 for p in per], 2))}"
-            f", the runs' training {format_duration(3 * train_run * 1.25)} + evaluation {format_duration(3 * ev_run * 1.25)}"
-            in text)
+    wall = 4.0 + 4.0 * 1.25 + cost.makespan([p * 1.25 for p in per], 2)   # the runner's start, the workers' (slowed)
+    assert (f"estimated wall time, 2 workers (1 thread each): {format_duration(wall)}: process starts "
+            f"{format_duration(9.0)} (the runner's, then the workers' side by side), then the runs' training "
+            f"{format_duration(3 * train_run * 1.25)} + evaluation {format_duration(3 * ev_run * 1.25)}" in text)
     assert "slowed by the other workers x1.25: the training rate with 1 thread alone 100 img/s, beside 1 more worker" in text
     assert "a noise-aware classifier per run (classifier guidance)" in text
 
@@ -234,3 +236,22 @@ def test_contention_is_measured_beside_real_concurrent_workers():
     c = measure_contention(st.runs()[0], threads=1, others=1)
     assert c["alone"] > 0 and c["loaded"] > 0 and c["factor"] == max(1.0, c["alone"] / c["loaded"])
     assert not mp.active_children()
+
+
+def test_cli_plan_measures_and_estimates_a_tiny_study(tmp_path, capsys):
+    """The whole path with real measurements: training steps, the evaluation's pieces, a process start."""
+    d = {"name": "tiny", "base": DIGITS, "seeds": [0, 1], "budget_kimg": 0.256,
+         "evaluation": {"metrics": ["fid", "is"], "n": 100, "every_kimg": 0.128,
+                        "samplers": [{"sampler": "ddim", "steps": 5}, {"sampler": "heun", "steps": 3}]}}
+    p = tmp_path / "s.yaml"
+    p.write_text(yaml.safe_dump(d))
+    assert cli.main(["study", "plan", str(p), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"\n  2 run\(s\): 256 training images, 2 snapshot\(s\); snapshot evaluations: 2 x n=100 at 5 NFE "
+                     r"\(setting ddim x5\); 2 x n=100 at 5 NFE \(setting heun x3\) = 400 samples, 2,000 sample-NFE", out)
+    assert re.search(r"\n  training unet-xs dropout=0.0 on digits, batch 32 \(1 thread\): \d+ img/s", out)
+    assert re.search(r"\n  evaluation of unet-xs dropout=0.0 on digits \(1 thread\): sampling [\d.]+ ms per sample", out)
+    m = re.search(r"\n  process start: ([\d.]+) s", out)
+    assert m and float(m.group(1)) > 0
+    assert re.search(r"\nestimated time, one worker \(1 thread\): training \S+ \+ evaluation \S+ \+ one-off .* = \S+\n", out)
+    assert "GPU estimate" not in out and "wall time" not in out

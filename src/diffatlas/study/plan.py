@@ -150,6 +150,30 @@ def measure_contention(run: RunSpec, threads: int, others: int, steps: int = 3) 
     return {"alone": a, "loaded": b, "factor": max(1.0, a / b)}
 
 
+# What a fresh `study run` process or local worker imports before its first run: the CLI's parser and
+# the modules of the per-run work (study.work.train_and_evaluate); TensorBoard's writer where installed.
+STARTUP_CODE = ("import diffatlas.cli as c; c.build_parser()\n"
+                "import diffatlas.study.work, diffatlas.study.runner, diffatlas.train, diffatlas.evaluate, "
+                "diffatlas.metrics, diffatlas.guidance\n"
+                "try:\n    import torch.utils.tensorboard\nexcept ImportError:\n    pass\n")
+
+
+def measure_startup() -> float:
+    """Seconds a fresh interpreter takes to import what a study process needs before its first run
+    (STARTUP_CODE); paid by the `study run` process and again by each worker process it starts."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    t0 = time.perf_counter()
+    rc = subprocess.run([sys.executable, "-c", STARTUP_CODE], env=env, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL, check=False).returncode
+    return time.perf_counter() - t0 if rc == 0 else 0.0
+
+
 def _eval_line(what: str, u: EvalUnits) -> str:
     guided = "".join(f", {k}-guided {u.nfe_s[k] * 1e3:.3g} ms" for k in ("classifier", "cfg") if k in u.nfe_s)
     feats = (f"; extractor {u.feature_s * 1e3:.3g} ms per image" if u.feature_s is not None else "")
@@ -163,11 +187,12 @@ def _eval_line(what: str, u: EvalUnits) -> str:
 def plan_text(study: Study, runs: list[RunSpec], *, measure: bool = True, steps: int = 3, workers: int | None = None,
               gpu: str | None = None, executor: ExecutorSpec | None = None,
               calibrate_fn: Callable[..., dict] = calibrate,
-              contention_fn: Callable[..., dict] = measure_contention) -> str:
+              contention_fn: Callable[..., dict] = measure_contention,
+              startup_fn: Callable[[], float] = measure_startup) -> str:
     """The plan's text. `workers`: the local executor's worker processes (default the study's);
     `gpu`: a GPU_RATES key to predict the study's GPU time for (default: h200 when the study asks for
-    a GPU); `calibrate_fn(run, steps, threads, evaluation)` and `contention_fn(run, threads, others)`
-    replace the measurements (tests)."""
+    a GPU); `calibrate_fn(run, steps, threads, evaluation)`, `contention_fn(run, threads, others)` and
+    `startup_fn()` replace the measurements (tests)."""
     keys = study.axis_keys
     executor = (executor or study.executor).resolved()
     workers = int(workers or executor.workers)
@@ -193,12 +218,13 @@ def plan_text(study: Study, runs: list[RunSpec], *, measure: bool = True, steps:
     from .calibration import design_lines
 
     lines += design_lines(study)
-    works = [run_work(r, ev, _nfe_cache()) for r in runs]
+    nfe_of = _nfe_cache()
+    works = [run_work(r, ev, nfe_of) for r in runs]
     lines += _work_lines(runs, works)
     if gpu is None and asks_for_gpu(study):
         gpu = "h200"
     if measure:
-        lines += _measured_lines(study, runs, works, steps, workers, executor, calibrate_fn, contention_fn)
+        lines += _measured_lines(study, runs, works, steps, workers, executor, calibrate_fn, contention_fn, startup_fn)
     if gpu is not None:
         if gpu not in GPU_RATES:
             raise UserError(f"--gpu {gpu!r}: no recorded rates; known: {', '.join(GPU_RATES)}")
@@ -253,7 +279,7 @@ def _work_lines(runs: list[RunSpec], works: list[Work]) -> list[str]:
 
 def _measured_lines(study: Study, runs: list[RunSpec], works: list[Work], steps: int, workers: int,
                     executor: ExecutorSpec, calibrate_fn: Callable[..., dict],
-                    contention_fn: Callable[..., dict]) -> list[str]:
+                    contention_fn: Callable[..., dict], startup_fn: Callable[[], float]) -> list[str]:
     import torch
 
     cores = cpu_count()
@@ -323,11 +349,15 @@ def _measured_lines(study: Study, runs: list[RunSpec], works: list[Work], steps:
             if (train_s is None and not study.models) or eval_s is None:
                 partial = True
             per[t].append((train_s or 0.0, eval_s or 0.0, one))
+    start = startup_fn()
+    lines.append(f"  process start: {start:.1f} s (a fresh interpreter importing the CLI and the per-run work's modules), "
+                 "paid by `study run` and by each worker process it starts")
     t1 = per[main]
     tot = [sum(x[i] for x in t1) for i in range(3)]
     lines.append(f"estimated time, one worker ({main} thread{'s' if main != 1 else ''}): training {format_duration(tot[0])}"
                  f" + evaluation {format_duration(tot[1])} + one-off classifiers and statistics {format_duration(tot[2])}"
-                 f" = {format_duration(sum(tot))}" + (" (partial: see the lines above)" if partial else ""))
+                 f" + process start {format_duration(start)} = {format_duration(sum(tot) + start)}"
+                 + (" (partial: see the lines above)" if partial else ""))
     if executor.remote:
         longest = max((sum(x) for x in t1), default=0.0)
         lines.append(f"with the {executor.name} executor runs go to cluster jobs, each timed as above on this machine: "
@@ -351,8 +381,10 @@ def _measured_lines(study: Study, runs: list[RunSpec], works: list[Work], steps:
                                                      f"{others + 1}" if workers - 1 > others else ""))
         times = [sum(x) * factor for x in per[w_threads]]
         tw = [sum(x[i] for x in per[w_threads]) * factor for i in range(3)]
+        starts = start + start * factor  # the runner, then its workers, which start side by side
         lines.append(f"estimated wall time, {workers} workers ({w_threads} thread{'s' if w_threads != 1 else ''} each): "
-                     f"{format_duration(makespan(times, workers))}, the runs' training {format_duration(tw[0])} + "
+                     f"{format_duration(starts + makespan(times, workers))}: process starts {format_duration(starts)} "
+                     f"(the runner's, then the workers' side by side), then the runs' training {format_duration(tw[0])} + "
                      f"evaluation {format_duration(tw[1])} + one-offs {format_duration(tw[2])} shared out as each worker "
                      f"takes the next run in the ledger's order; timed at {w_threads} thread{'s' if w_threads != 1 else ''}"
                      f" and slowed by the other workers {how}")
