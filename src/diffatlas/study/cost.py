@@ -19,7 +19,7 @@ the extractor's `features_and_logits`, the registered metric functions on featur
 sample counts, `tensorboard_log.log_evaluation`, the data loader and the Frechet reference built
 once per evaluate_run call, and a few steps of the two classifiers that may be trained on the way.
 
-GPU predictions (:func:`gpu_lines`) use measured rates recorded in :data:`GPU_RATES` (from
+GPU predictions (:func:`gpu_times`, :func:`gpu_estimate`) use measured rates recorded in :data:`GPU_RATES` (from
 benchmarks/RESULTS.md), scaled by each network's forward FLOPs (networks.count_flops)."""
 
 from __future__ import annotations
@@ -348,9 +348,9 @@ def _noisy_classifier_s(cfg: Any, dynamics: Any, dev: Any, train_set: Any) -> tu
                                                      eval_dataset=small, eval_levels=1)[0])
 
     steps(1)  # warm-up
-    t10, model = steps(10)
-    t2, _ = steps(2)
-    per_step = max(0.0, (t10 - t2) / 8)
+    t20, model = steps(20)
+    t4, _ = steps(4)
+    per_step = max(0.0, (t20 - t4) / 16)
     x, y = small.x.float().to(dev), small.labels.long()
     t_acc, _ = _timed(lambda: accuracy_by_noise_level(model, x, y, dynamics, levels=1))
     per_image = t_acc / len(small)
@@ -362,8 +362,8 @@ def _noisy_classifier_s(cfg: Any, dynamics: Any, dev: Any, train_set: Any) -> tu
 def measure_evaluation(run_dir: Path, ev: Evaluation, *, threads: int, one_offs: bool = True,
                        sample_steps: int = 8) -> EvalUnits:
     """Time the evaluation's pieces on the snapshot in `run_dir` (see the module docstring) with
-    `threads` torch threads. Classifiers are timed for a few steps only; nothing is written outside
-    `run_dir` and a temporary folder."""
+    `threads` torch threads. Classifiers are timed for a few steps only; nothing is written but into
+    temporary folders (the run directory may be a finished run of an evaluation-only study)."""
     import numpy as np
     import torch
 
