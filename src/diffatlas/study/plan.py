@@ -158,9 +158,10 @@ STARTUP_CODE = ("import diffatlas.cli as c; c.build_parser()\n"
                 "try:\n    import torch.utils.tensorboard\nexcept ImportError:\n    pass\n")
 
 
-def measure_startup() -> float:
+def measure_startup() -> float | None:
     """Seconds a fresh interpreter takes to import what a study process needs before its first run
-    (STARTUP_CODE); paid by the `study run` process and again by each worker process it starts."""
+    (STARTUP_CODE); paid by the `study run` process and again by each worker process it starts. None
+    when that interpreter fails."""
     import os
     import subprocess
     import sys
@@ -171,7 +172,7 @@ def measure_startup() -> float:
     t0 = time.perf_counter()
     rc = subprocess.run([sys.executable, "-c", STARTUP_CODE], env=env, stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL, check=False).returncode
-    return time.perf_counter() - t0 if rc == 0 else 0.0
+    return time.perf_counter() - t0 if rc == 0 else None
 
 
 def _eval_line(what: str, u: EvalUnits) -> str:
@@ -188,7 +189,7 @@ def plan_text(study: Study, runs: list[RunSpec], *, measure: bool = True, steps:
               gpu: str | None = None, executor: ExecutorSpec | None = None,
               calibrate_fn: Callable[..., dict] = calibrate,
               contention_fn: Callable[..., dict] = measure_contention,
-              startup_fn: Callable[[], float] = measure_startup) -> str:
+              startup_fn: Callable[[], float | None] = measure_startup) -> str:
     """The plan's text. `workers`: the local executor's worker processes (default the study's);
     `gpu`: a GPU_RATES key to predict the study's GPU time for (default: h200 when the study asks for
     a GPU); `calibrate_fn(run, steps, threads, evaluation)`, `contention_fn(run, threads, others)` and
@@ -279,7 +280,7 @@ def _work_lines(runs: list[RunSpec], works: list[Work]) -> list[str]:
 
 def _measured_lines(study: Study, runs: list[RunSpec], works: list[Work], steps: int, workers: int,
                     executor: ExecutorSpec, calibrate_fn: Callable[..., dict],
-                    contention_fn: Callable[..., dict], startup_fn: Callable[[], float]) -> list[str]:
+                    contention_fn: Callable[..., dict], startup_fn: Callable[[], float | None]) -> list[str]:
     import torch
 
     cores = cpu_count()
@@ -350,8 +351,12 @@ def _measured_lines(study: Study, runs: list[RunSpec], works: list[Work], steps:
                 partial = True
             per[t].append((train_s or 0.0, eval_s or 0.0, one))
     start = startup_fn()
-    lines.append(f"  process start: {start:.1f} s (a fresh interpreter importing the CLI and the per-run work's modules), "
-                 "paid by `study run` and by each worker process it starts")
+    if start is None:
+        start, partial = 0.0, True
+        lines.append("  process start: not measured (a fresh interpreter failed to import diffatlas)")
+    else:
+        lines.append(f"  process start: {start:.1f} s (a fresh interpreter importing the CLI and the per-run work's "
+                     "modules), paid by `study run` and by each worker process it starts")
     t1 = per[main]
     tot = [sum(x[i] for x in t1) for i in range(3)]
     lines.append(f"estimated time, one worker ({main} thread{'s' if main != 1 else ''}): training {format_duration(tot[0])}"
