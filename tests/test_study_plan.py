@@ -161,8 +161,11 @@ def test_plan_adds_training_evaluation_and_one_offs(monkeypatch):
     assert m, text
     assert m.groups() == (format_duration(3 * train_run), format_duration(3 * ev_run), format_duration(3 * 30.0 + 7.0),
                           format_duration(4.0), format_duration(3 * (train_run + ev_run + 30.0) + 7.0 + 4.0))
-    per = [train_run + ev_run + 30.0 + 7.0] + [train_run + ev_run + 30.0] * 2
-    wall = 4.0 + 4.0 * 1.25 + cost.makespan([p * 1.25 for p in per], 2)   # the runner's start, the workers' (slowed)
+    # two workers start two runs at once: both reach evaluation before the dataset's classifier is cached
+    # and both train it; the third run finds it
+    rows = [cost.RunTime(train_run * 1.25, (ev_run + 30.0) * 1.25, "digits", 7.0 * 1.25)] * 3
+    wall = 4.0 + 4.0 * 1.25 + cost.wall_time(rows, 2)   # the runner's start, then the workers' (slowed)
+    assert cost.wall_time(rows, 2) == pytest.approx(2 * (train_run + ev_run + 30.0) * 1.25 + 7.0 * 1.25)
     assert (f"estimated wall time, 2 workers (1 thread each): {format_duration(wall)}: process starts "
             f"{format_duration(9.0)} (the runner's, then the workers' side by side), then the runs' training "
             f"{format_duration(3 * train_run * 1.25)} + evaluation {format_duration(3 * ev_run * 1.25)}" in text)
@@ -175,6 +178,19 @@ def test_makespan_takes_runs_in_order():
     assert cost.makespan([1, 1, 1, 1], 2) == 2
     assert cost.makespan([2, 2, 2], 1) == 6
     assert cost.makespan([5, 1, 1], 4) == 5
+
+
+def test_wall_time_pays_a_datasets_classifier_once_per_worker_that_needs_it_before_it_is_cached():
+    R = cost.RunTime
+    # one worker: the first run of each dataset pays
+    assert cost.wall_time([R(1, 1, "a", 10), R(1, 1, "a", 10), R(1, 1, "b", 5)], 1) == 2 + 10 + 2 + 2 + 5
+    # two workers: runs 1 and 2 start together, both evaluate at t=1 and both train a's classifier (ready at
+    # t=11); run 3 starts at 12 and finds it
+    assert cost.wall_time([R(1, 1, "a", 10), R(1, 1, "a", 10), R(1, 1, "a", 10)], 2) == 12 + 2
+    # a run of another dataset is not held up by it; a run reaching evaluation after it is cached does not pay
+    assert cost.wall_time([R(1, 1, "a", 10), R(20, 1, "a", 10)], 2) == 21
+    # no one-off: the makespan
+    assert cost.wall_time([R(2, 1), R(1, 0), R(1, 0)], 2) == cost.makespan([3, 1, 1], 2)
 
 
 # ---- GPU predictions ------------------------------------------------------------------------------

@@ -571,6 +571,35 @@ def makespan(times: list[float], workers: int) -> float:
     return max(free)
 
 
+@dataclass(frozen=True)
+class RunTime:
+    """One run's seconds for the wall-time simulation: `before` (training) until its evaluation asks
+    for the dataset's cached classifier and statistics, which cost `shared` (0 when cached) under
+    `key`; then `after` (its evaluation and its own one-offs)."""
+
+    before: float
+    after: float
+    key: str = ""
+    shared: float = 0.0
+
+
+def wall_time(runs: list[RunTime], workers: int) -> float:
+    """Wall time of runs taken in order by the first free of `workers` workers, where a run whose
+    evaluation starts before another worker has cached its dataset's classifier pays for it too
+    (evaluation_classifier trains into a temporary folder when none is cached; concurrent evaluations
+    each train one, the first to finish is kept)."""
+    free = [0.0] * max(1, workers)
+    ready: dict[str, float] = {}
+    for r in runs:
+        need = free[0] + r.before
+        end = need + r.after
+        if r.shared and need < ready.get(r.key, math.inf):
+            end += r.shared
+            ready[r.key] = min(ready.get(r.key, math.inf), need + r.shared)
+        heapq.heapreplace(free, end)
+    return max(free)
+
+
 # ---- GPU predictions from recorded rates --------------------------------------------------------------
 
 @dataclass(frozen=True)

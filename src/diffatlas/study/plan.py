@@ -6,11 +6,14 @@ Calibration runs the real training loop (diffatlas.train.train) for a few steps 
 images/s from its stats.jsonl; on the snapshot it writes, the evaluation's pieces are timed once per
 distinct (data, network, device) (study.cost.measure_evaluation). Each run's work is counted from its
 config and the evaluation plan (study.cost.run_work), so the estimate is training + evaluation +
-one-offs (classifiers trained on the way) per run. Both are measured with the torch threads one
-worker gets: all of the runner's for one worker, cores // W each for W workers (study.runner); the
-wall time of W workers is the runs' makespan when each worker takes the next run in the ledger's
-order, assuming the workers slow each other only by splitting the cores (more workers than cores
-share them). `--gpu` adds a prediction for a GPU from recorded rates (study.cost.gpu_estimate)."""
+one-offs (classifiers trained on the way) per run, plus the start of each process (measure_startup).
+Both are measured with the torch threads one worker gets: all of the runner's for one worker,
+cores // W each for W workers (study.runner). For W workers the runs are then slowed by a factor
+measured beside W - 1 concurrent processes training the same network (measure_contention), and the
+wall time is simulated as each worker takes the next run in the ledger's order (study.cost.wall_time:
+a dataset's evaluation classifier is trained by every worker whose run reaches evaluation before
+one is cached). `--gpu` adds a prediction for a GPU from recorded rates (study.cost.gpu_estimate).
+"""
 
 from __future__ import annotations
 
@@ -25,8 +28,8 @@ from typing import Callable
 
 from ..checkpoint import read_stats
 from ..errors import UserError
-from .cost import (GPU_RATES, EvalUnits, Work, cpu_count, data_label, gpu_estimate, makespan, measure_evaluation,
-                   network_label, run_work, worker_threads)
+from .cost import (GPU_RATES, EvalUnits, RunTime, Work, cpu_count, data_label, gpu_estimate, measure_evaluation,
+                   network_label, run_work, wall_time, worker_threads)
 from .executors import ExecutorSpec
 from .spec import RunSpec, Study, short_key
 from .status import format_duration
@@ -330,26 +333,25 @@ def _measured_lines(study: Study, runs: list[RunSpec], works: list[Work], steps:
                 eval_by.setdefault(ek, {})[t] = res["eval"]
                 lines.append(_eval_line(f"{network_label(r.config)} on {data_label(r.config)}", res["eval"]))
                 lines += [f"    note: {n}" for n in res["eval"].notes]
-    # per run and thread count: training, evaluation, one-offs (per run; per dataset on its first run)
-    per: dict[int, list[tuple[float, float, float]]] = {t: [] for t in thread_counts}
-    seen_data: set[str] = set()
+    # per run and thread count: training, evaluation, its own one-offs, the dataset's (paid by the runs
+    # that reach evaluation before it is cached: with one worker, the first run of the dataset)
+    per: dict[int, list[tuple[float, float, float, str, float]]] = {t: [] for t in thread_counts}
     for r, w in zip(runs, works):
         tr = train_by.get(_combo_key(r), {})
         eu = eval_by.get(_eval_key(r), {})
         dkey = json.dumps(r.config_dict["data"], sort_keys=True)
-        first_of_data = dkey not in seen_data
-        seen_data.add(dkey)
         for t in thread_counts:
             train_s = (w.train_images / tr[t]["images_per_s"] + tr[t]["setup_s"]) if t in tr else None
             u = eu.get(t)
             eval_s = u.run_s(w) if u is not None else None
-            one = 0.0
-            if u is not None:
-                one += (u.noisy_s or 0.0) if w.noisy_classifier else 0.0
-                one += u.dataset_s if first_of_data else 0.0
+            own = (u.noisy_s or 0.0) if u is not None and w.noisy_classifier else 0.0
+            shared = u.dataset_s if u is not None else 0.0
             if (train_s is None and not study.models) or eval_s is None:
                 partial = True
-            per[t].append((train_s or 0.0, eval_s or 0.0, one))
+            per[t].append((train_s or 0.0, eval_s or 0.0, own, dkey, shared))
+
+    def timeline(rows: list, factor: float = 1.0) -> list[RunTime]:
+        return [RunTime(a * factor, (b + c) * factor, k, d * factor) for a, b, c, k, d in rows]
     start = startup_fn()
     if start is None:
         start, partial = 0.0, True
@@ -358,13 +360,15 @@ def _measured_lines(study: Study, runs: list[RunSpec], works: list[Work], steps:
         lines.append(f"  process start: {start:.1f} s (a fresh interpreter importing the CLI and the per-run work's "
                      "modules), paid by `study run` and by each worker process it starts")
     t1 = per[main]
-    tot = [sum(x[i] for x in t1) for i in range(3)]
+    one_wall = wall_time(timeline(t1), 1)
+    tot = [sum(x[0] for x in t1), sum(x[1] for x in t1)]
+    tot.append(one_wall - tot[0] - tot[1])   # each run's own one-offs, and each dataset's once
     lines.append(f"estimated time, one worker ({main} thread{'s' if main != 1 else ''}): training {format_duration(tot[0])}"
                  f" + evaluation {format_duration(tot[1])} + one-off classifiers and statistics {format_duration(tot[2])}"
-                 f" + process start {format_duration(start)} = {format_duration(sum(tot) + start)}"
+                 f" + process start {format_duration(start)} = {format_duration(one_wall + start)}"
                  + (" (partial: see the lines above)" if partial else ""))
     if executor.remote:
-        longest = max((sum(x) for x in t1), default=0.0)
+        longest = max((x[0] + x[1] + x[2] + x[4] for x in t1), default=0.0)
         lines.append(f"with the {executor.name} executor runs go to cluster jobs, each timed as above on this machine: "
                      f"the longest run takes {format_duration(longest)} here")
     elif workers > 1:
@@ -384,15 +388,20 @@ def _measured_lines(study: Study, runs: list[RunSpec], works: list[Work], steps:
                        f"{c['alone']:.0f} img/s, beside {others} more worker{'s' if others != 1 else ''} doing the same "
                        f"{c['loaded']:.0f} img/s" + (f"; x{(workers - 1) / others:.2g} for the workers beyond "
                                                      f"{others + 1}" if workers - 1 > others else ""))
-        times = [sum(x) * factor for x in per[w_threads]]
-        tw = [sum(x[i] for x in per[w_threads]) * factor for i in range(3)]
+        rows = timeline(per[w_threads], factor)
+        wall = wall_time(rows, workers)
+        tw = [sum(x[0] for x in per[w_threads]) * factor, sum(x[1] for x in per[w_threads]) * factor,
+              sum(x[2] for x in per[w_threads]) * factor]
+        shared = {x[3]: x[4] * factor for x in per[w_threads] if x[4]}
         starts = start + start * factor  # the runner, then its workers, which start side by side
         lines.append(f"estimated wall time, {workers} workers ({w_threads} thread{'s' if w_threads != 1 else ''} each): "
-                     f"{format_duration(starts + makespan(times, workers))}: process starts {format_duration(starts)} "
+                     f"{format_duration(starts + wall)}: process starts {format_duration(starts)} "
                      f"(the runner's, then the workers' side by side), then the runs' training {format_duration(tw[0])} + "
-                     f"evaluation {format_duration(tw[1])} + one-offs {format_duration(tw[2])} shared out as each worker "
-                     f"takes the next run in the ledger's order; timed at {w_threads} thread{'s' if w_threads != 1 else ''}"
-                     f" and slowed by the other workers {how}")
+                     f"evaluation {format_duration(tw[1])} + their own one-offs {format_duration(tw[2])}"
+                     + (f" + the datasets' classifiers and statistics ({format_duration(sum(shared.values()))} each time; "
+                        "paid again by every worker whose run reaches evaluation before they are cached)" if shared else "")
+                     + f" shared out as each worker takes the next run in the ledger's order; timed at {w_threads} "
+                     f"thread{'s' if w_threads != 1 else ''} and slowed by the other workers {how}")
     return lines
 
 
