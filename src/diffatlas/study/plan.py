@@ -102,54 +102,81 @@ def calibrate(run: RunSpec, steps: int = 3, threads: int | None = None, evaluati
     return res
 
 
-def _busy(cfg, threads: int, per_tick: int, ready, stop) -> None:
-    """A worker's load for measure_contention: training steps of `cfg` in a loop until `stop` is set
-    (ticks of `per_tick` steps, so that setting a run up is a small part of the loop)."""
+def _busy(cfg, threads: int, per_tick: int, go, idle, ready, stop) -> None:
+    """A worker's load for measure_contention: training steps of `cfg` while `go` is set, idle (and
+    saying so) while it is not, until `stop` (short ticks, so that it pauses within a second or two)."""
     import torch
 
     torch.set_num_threads(max(1, int(threads)))
     with tempfile.TemporaryDirectory(prefix="diffatlas-calib-busy-") as tmp:
         i = 0
         while not stop.is_set():
+            if not go.is_set():
+                idle.set()
+                go.wait(0.1)
+                continue
+            idle.clear()
             _train_rate(cfg, 4, per_tick, Path(tmp) / f"run{i}")
             ready.set()
             i += 1
 
 
-def measure_contention(run: RunSpec, threads: int, others: int, steps: int = 3) -> dict:
+def _wait_all(events, value: bool, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if all(e.is_set() == value for e in events):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def measure_contention(run: RunSpec, threads: int, others: int, steps: int = 3, repeats: int = 2) -> dict:
     """How much `others` concurrent workers slow one: the training rate of `run` with `threads` threads
-    while `others` processes (each with `threads` threads) train the same config, against the rate
-    alone. Returns {alone, loaded, factor = alone / loaded (>= 1)} or {error}."""
+    alone and while `others` processes (each with `threads` threads) train the same config, measured
+    back to back `repeats` times. Other load on the machine only ever inflates the ratio, so the
+    smallest is kept. Returns {alone, loaded, factor = alone / loaded (>= 1)} or {error}."""
     import multiprocessing as mp
 
-    alone = calibrate(run, steps, threads)
-    if "error" in alone:
-        return alone
-    per_tick = max(1, math.ceil(0.5 * alone["images_per_s"] / run.config.train.batch))  # ~0.5 s ticks
+    first = calibrate(run, steps, threads)
+    if "error" in first:
+        return first
+    per_tick = max(1, math.ceil(0.25 * first["images_per_s"] / run.config.train.batch))  # ~0.25 s ticks
     ctx = mp.get_context("spawn")
-    stop = ctx.Event()
-    procs, readies = [], []
+    stop, go = ctx.Event(), ctx.Event()
+    procs, idles, readies = [], [], []
+    pairs = []
     try:
+        go.set()
         for _ in range(others):
-            ready = ctx.Event()
-            p = ctx.Process(target=_busy, args=(run.config, threads, per_tick, ready, stop), daemon=True)
+            idle, ready = ctx.Event(), ctx.Event()
+            p = ctx.Process(target=_busy, args=(run.config, threads, per_tick, go, idle, ready, stop), daemon=True)
             p.start()
             procs.append(p)
+            idles.append(idle)
             readies.append(ready)
-        for ready in readies:
-            if not ready.wait(timeout=300):
-                return {"error": "the concurrent workers did not start within 300 s"}
-        loaded = calibrate(run, steps, threads)
+        if not _wait_all(readies, True, 300):
+            return {"error": "the concurrent workers did not start within 300 s"}
+        for _ in range(max(1, repeats)):
+            go.clear()
+            if not _wait_all(idles, True, 120):
+                return {"error": "the concurrent workers did not pause within 120 s"}
+            alone = calibrate(run, steps, threads)
+            go.set()
+            if not _wait_all(idles, False, 120):
+                return {"error": "the concurrent workers did not resume within 120 s"}
+            loaded = calibrate(run, steps, threads)
+            if "error" in alone or "error" in loaded:
+                return alone if "error" in alone else loaded
+            pairs.append((alone["images_per_s"], loaded["images_per_s"]))
     finally:
         stop.set()
+        go.set()
         for p in procs:
             p.join(timeout=60)
             if p.is_alive():
                 p.terminate()
                 p.join()
-    if "error" in loaded:
-        return loaded
-    a, b = alone["images_per_s"], loaded["images_per_s"]
+    a, b = min(pairs, key=lambda ab: ab[0] / ab[1])
     return {"alone": a, "loaded": b, "factor": max(1.0, a / b)}
 
 
