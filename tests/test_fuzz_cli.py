@@ -560,6 +560,9 @@ CASES: list[Case] = [
     study_case("plan-not-mapping", "[1, 2]\n", "mapping"),
     Case("plan-missing", "study plan {tmp}/nothing.yaml --no-calibrate", expect="does not exist"),
     Case("plan-steps-zero", "study plan {tmp}/s.yaml --steps 0", study_file("s.yaml", GOOD_STUDY), "--steps"),
+    Case("plan-workers-zero", "study plan {tmp}/s.yaml --workers 0", study_file("s.yaml", GOOD_STUDY), "--workers"),
+    Case("plan-gpu-unknown", "study plan {tmp}/s.yaml --no-calibrate --gpu tpu", study_file("s.yaml", GOOD_STUDY),
+         "--gpu"),
     # ---- study run, status, report, quickstart --------------------------------------------------
     Case("run-workers-zero", "study run {tmp}/s.yaml --workers 0", study_file("s.yaml", GOOD_STUDY), "--workers"),
     Case("run-stale-nan", "study run {tmp}/s.yaml --stale-after nan", study_file("s.yaml", GOOD_STUDY), "--stale"),

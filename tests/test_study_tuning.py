@@ -318,7 +318,10 @@ def test_plan_lists_the_tuning_runs_and_counts_their_training(tmp_path, capsys):
     runs = TU.plan_runs(study, no_resolve)
     assert [is_tuning(r.labels) for r in runs] == [True] * 6 + [False] * 4
     assert [r.id for r in runs[:6]] == [r.id for r in study.tuning_runs(no_resolve)]
-    text = plan_text(study, runs, calibrate_fn=lambda run, steps: {"images_per_s": 1000.0, "steps": 3, "seconds": 0.1})
+    text = plan_text(study, runs, startup_fn=lambda: 0.0,
+                     calibrate_fn=lambda run, steps, threads, evaluation: {"images_per_s": 1000.0, "steps": 3,
+                                                                           "setup_s": 0.0, "seconds": 0.1,
+                                                                           "threads": threads})
     assert "study tuned: 4 runs = 2 configuration(s) x 2 seed(s)" in text
     assert "tuning first: 6 tuning run(s) = 2 configuration(s) x 3 candidate(s) (train.lr in [0.0002, 0.002, 0.02]) " \
            "on the held-out seed 100, 4 kimg each" in text
@@ -327,7 +330,7 @@ def test_plan_lists_the_tuning_runs_and_counts_their_training(tmp_path, capsys):
     assert sum(1 for l in table if l[-1:] == ["tuning"] and "100" in l) == 6
     assert sum(1 for l in table if l[:2] == ["after", "tuning"] and l[-1] == "seeded" and "tuned" in l) == 4
     # training counted: 6 tuning runs x 4 kimg + 4 seeded runs x 10 kimg at 1000 images/s = 64 s
-    assert "10 run(s) -> 1m04s of training" in text and "estimated training time, one worker: 1m04s" in text
+    assert "): training 1m04s + evaluation" in text, text
     # the CLI, with the real config resolution
     f = tmp_path / "s.yaml"
     f.write_text(yaml.safe_dump(TUNED))

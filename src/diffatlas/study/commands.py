@@ -18,10 +18,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("study", help="plan, run and follow a study (a grid of runs over axes and seeds)")
     ssub = p.add_subparsers(dest="study_command", required=True, parser_class=type(p))
 
-    q = ssub.add_parser("plan", help="list the runs of a study and estimate its training time")
+    q = ssub.add_parser("plan", help="list the runs of a study, the verdicts it can reach, and estimate its time "
+                                     "(training, evaluation, one-offs) from a short calibration")
     q.add_argument("study", help="study file (YAML)")
-    q.add_argument("--no-calibrate", action="store_true", help="skip the few measured training steps")
-    q.add_argument("--steps", type=arg(Range(1, 1000, integer=True)), default=3, help="timed training steps per distinct network/data (default 3)")
+    q.add_argument("--no-calibrate", action="store_true", help="skip the measured training steps and evaluation pieces")
+    q.add_argument("--steps", type=arg(Range(1, 1000, integer=True)), default=3,
+                   help="timed training steps per distinct network/data (default 3; more when they take under a second)")
+    q.add_argument("--workers", type=arg(WORKERS), default=None,
+                   help="local executor: plan for this many worker processes, as `study run --workers` (default: "
+                        "the study's, else 1)")
+    q.add_argument("--gpu", default=None, help="also predict the time on this GPU from recorded rates: h200 "
+                                               "(default: h200 when the study asks for a GPU, train.device cuda/auto)")
     q.add_argument("--executor", help="local, slurm or ray (default: the study's executor section, else local); "
                                       "slurm prints the sbatch script of one run")
     q.add_argument("--out", help="output folder the study would run in (default studies-out/<name>)")
@@ -103,10 +110,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from .plan import executor_text, plan_text
     from .tuning import plan_runs
 
+    from .cost import GPU_RATES
+
     study = load_study(args.study)
-    spec = with_cli(study.executor, name=args.executor)
+    spec = with_cli(study.executor, name=args.executor, workers=args.workers)
+    if args.gpu is not None and args.gpu not in GPU_RATES:
+        raise UserError(f"--gpu {args.gpu!r}: no recorded rates for it; known: {', '.join(GPU_RATES)}")
     runs = plan_runs(study)  # with `tune`: the tuning runs, then the seeded runs (ids known after tuning)
-    text = plan_text(study, runs, measure=not args.no_calibrate, steps=args.steps)
+    text = plan_text(study, runs, measure=not args.no_calibrate, steps=args.steps, gpu=args.gpu, executor=spec)
     if spec.remote:
         text += "\n" + executor_text(spec, runs, _out_for(args, study))
     print(text, flush=True)

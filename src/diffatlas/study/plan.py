@@ -1,13 +1,24 @@
-"""`diffatlas study plan`: the expanded runs and a cost estimate from a short measured calibration.
+"""`diffatlas study plan`: the expanded runs, the verdicts the design can reach, and the study's time
+from a short measured calibration.
 
 Calibration runs the real training loop (diffatlas.train.train) for a few steps of each distinct
-(data, network, batch, device) combination in a temporary folder and reads the measured
-images/s from its stats.jsonl. The estimate covers training only (evaluation cost depends on the
-metrics' sample counts and samplers and is not measured here)."""
+(data, network, batch, device, precision) combination in a temporary folder and reads the measured
+images/s from its stats.jsonl; on the snapshot it writes, the evaluation's pieces are timed once per
+distinct (data, network, device) (study.cost.measure_evaluation). Each run's work is counted from its
+config and the evaluation plan (study.cost.run_work), so the estimate is training + evaluation +
+one-offs (classifiers trained on the way) per run, plus the start of each process (measure_startup).
+Both are measured with the torch threads one worker gets: all of the runner's for one worker,
+cores // W each for W workers (study.runner). For W workers the runs are then slowed by a factor
+measured beside W - 1 concurrent processes training the same network (measure_contention), and the
+wall time is simulated as each worker takes the next run in the ledger's order (study.cost.wall_time:
+a dataset's evaluation classifier is trained by every worker whose run reaches evaluation before
+one is cached). `--gpu` adds a prediction for a GPU from recorded rates (study.cost.gpu_estimate).
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import statistics as pystats
 import tempfile
 import time
@@ -17,10 +28,15 @@ from typing import Callable
 
 from ..checkpoint import read_stats
 from ..errors import UserError
+from .cost import (GPU_RATES, EvalUnits, RunTime, Work, cpu_count, data_label, gpu_estimate, measure_evaluation,
+                   network_label, run_work, wall_time, worker_threads)
 from .executors import ExecutorSpec
 from .spec import PHASE_KEY, RunSpec, Study, is_tuning, short_key
 from .status import format_duration
 from .tuning import plan_lines
+
+MIN_TIMED_S = 1.0   # training steps are added until at least this much is timed
+MAX_CONCURRENT = 7  # concurrent workers started to measure how much they slow each other
 
 
 def _combo_key(run: RunSpec) -> tuple:
@@ -29,35 +45,193 @@ def _combo_key(run: RunSpec) -> tuple:
             d["train"]["device"], d["train"]["precision"])
 
 
-def calibrate(run: RunSpec, steps: int = 3) -> dict:
-    """Train `steps` + 1 steps of `run`'s config (one tick per step); the first step (warm-up) is
-    not counted. Returns {images_per_s, steps, seconds} or {error}."""
+def _eval_key(run: RunSpec) -> tuple:
+    d = run.config_dict
+    return (json.dumps(d["data"], sort_keys=True), json.dumps(d["network"], sort_keys=True), d["train"]["device"])
+
+
+def _train_rate(cfg, steps: int, per_tick: int, run_dir: Path) -> tuple[list[float], float]:
+    """Train 1 + `steps` ticks of `per_tick` steps each into `run_dir`; returns (images/s of every tick
+    after the first, seconds of the whole call)."""
     from ..train import train
 
-    cfg = run.config
     batch = cfg.train.batch
-    kimg = (steps + 1) * batch / 1000
-    cfg = replace(cfg, train=replace(cfg.train, kimg=kimg, tick_kimg=batch / 1000, snapshot_kimg=kimg, doctor=False,
+    kimg = (steps + 1) * per_tick * batch / 1000
+    cfg = replace(cfg, train=replace(cfg.train, kimg=kimg, tick_kimg=per_tick * batch / 1000, snapshot_kimg=kimg,
                                      warmup_kimg=0.0, keep_snapshots=False))
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="diffatlas-calib-") as tmp:
-        try:
-            train(cfg, Path(tmp) / "run", progress=False, log=lambda *a, **k: None)
-        except UserError as e:
-            return {"error": str(e)}
-        lines = read_stats(Path(tmp) / "run")
-    rates = [l["images_per_s"] for l in lines[1:]] or [l["images_per_s"] for l in lines]
-    return {"images_per_s": float(pystats.median(rates)), "steps": len(rates), "seconds": time.perf_counter() - t0}
+    train(cfg, run_dir, progress=False, log=lambda *a, **k: None)
+    lines = read_stats(run_dir)
+    rates = [line["images_per_s"] for line in lines[1:]] or [line["images_per_s"] for line in lines]
+    return rates, time.perf_counter() - t0
 
 
-def plan_text(study: Study, runs: list[RunSpec], *, measure: bool = True, steps: int = 3,
-              calibrate_fn: Callable[[RunSpec, int], dict] = calibrate) -> str:
+def calibrate(run: RunSpec, steps: int = 3, threads: int | None = None, evaluation=None) -> dict:
+    """Time training steps of `run`'s config with `threads` torch threads (None: as they are), in a
+    temporary folder: 1 + `steps` steps, the first (warm-up) not counted, and more when those took under
+    MIN_TIMED_S. Returns {images_per_s (median over ticks), steps, setup_s (the call's time beyond its
+    steps at that rate: setup, warm-up, a snapshot, the doctor), seconds, threads} and, with `evaluation`
+    (an Evaluation), "eval": EvalUnits timed on the snapshot it wrote; or {error}."""
+    import torch
+
+    old = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    t0 = time.perf_counter()
+    try:
+        cfg = run.config
+        batch = cfg.train.batch
+        with tempfile.TemporaryDirectory(prefix="diffatlas-calib-") as tmp:
+            run_dir, per_tick, ticks = Path(tmp) / "run", 1, steps
+            rates, total = _train_rate(cfg, ticks, per_tick, run_dir)
+            if sum(batch / r for r in rates) < MIN_TIMED_S:  # small networks: enough steps for a stable median
+                step_s = batch / float(pystats.median(rates))
+                ticks, per_tick = 8, max(1, math.ceil(MIN_TIMED_S / step_s / 8))
+                run_dir = Path(tmp) / "run-longer"
+                rates, total = _train_rate(cfg, ticks, per_tick, run_dir)
+            rate = float(pystats.median(rates))
+            res = {"images_per_s": rate, "steps": ticks * per_tick,
+                   "setup_s": max(0.0, total - (ticks + 1) * per_tick * batch / rate),
+                   "threads": torch.get_num_threads()}
+            if evaluation is not None:
+                res["eval"] = measure_evaluation(run_dir, evaluation, threads=torch.get_num_threads())
+    except UserError as e:
+        return {"error": str(e)}
+    finally:
+        torch.set_num_threads(old)
+    res["seconds"] = time.perf_counter() - t0
+    return res
+
+
+def _busy(cfg, threads: int, per_tick: int, go, idle, ready, stop) -> None:
+    """A worker's load for measure_contention: training steps of `cfg` while `go` is set, idle (and
+    saying so) while it is not, until `stop` (short ticks, so that it pauses within a second or two)."""
+    import torch
+
+    torch.set_num_threads(max(1, int(threads)))
+    with tempfile.TemporaryDirectory(prefix="diffatlas-calib-busy-") as tmp:
+        i = 0
+        while not stop.is_set():
+            if not go.is_set():
+                idle.set()
+                go.wait(0.1)
+                continue
+            idle.clear()
+            _train_rate(cfg, 4, per_tick, Path(tmp) / f"run{i}")
+            ready.set()
+            i += 1
+
+
+def _wait_all(events, value: bool, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if all(e.is_set() == value for e in events):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def measure_contention(run: RunSpec, threads: int, others: int, steps: int = 3, repeats: int = 2) -> dict:
+    """How much `others` concurrent workers slow one: the training rate of `run` with `threads` threads
+    alone and while `others` processes (each with `threads` threads) train the same config, measured
+    back to back `repeats` times. Other load on the machine only ever inflates the ratio, so the
+    smallest is kept. Returns {alone, loaded, factor = alone / loaded (>= 1)} or {error}."""
+    import multiprocessing as mp
+
+    first = calibrate(run, steps, threads)
+    if "error" in first:
+        return first
+    per_tick = max(1, math.ceil(0.25 * first["images_per_s"] / run.config.train.batch))  # ~0.25 s ticks
+    ctx = mp.get_context("spawn")
+    stop, go = ctx.Event(), ctx.Event()
+    procs, idles, readies = [], [], []
+    pairs = []
+    try:
+        go.set()
+        for _ in range(others):
+            idle, ready = ctx.Event(), ctx.Event()
+            p = ctx.Process(target=_busy, args=(run.config, threads, per_tick, go, idle, ready, stop), daemon=True)
+            p.start()
+            procs.append(p)
+            idles.append(idle)
+            readies.append(ready)
+        if not _wait_all(readies, True, 300):
+            return {"error": "the concurrent workers did not start within 300 s"}
+        for _ in range(max(1, repeats)):
+            go.clear()
+            if not _wait_all(idles, True, 120):
+                return {"error": "the concurrent workers did not pause within 120 s"}
+            alone = calibrate(run, steps, threads)
+            go.set()
+            if not _wait_all(idles, False, 120):
+                return {"error": "the concurrent workers did not resume within 120 s"}
+            loaded = calibrate(run, steps, threads)
+            if "error" in alone or "error" in loaded:
+                return alone if "error" in alone else loaded
+            pairs.append((alone["images_per_s"], loaded["images_per_s"]))
+    finally:
+        stop.set()
+        go.set()
+        for p in procs:
+            p.join(timeout=60)
+            if p.is_alive():
+                p.terminate()
+                p.join()
+    a, b = min(pairs, key=lambda ab: ab[0] / ab[1])
+    return {"alone": a, "loaded": b, "factor": max(1.0, a / b)}
+
+
+# What a fresh `study run` process or local worker imports before its first run: the CLI's parser and
+# the modules of the per-run work (study.work.train_and_evaluate); TensorBoard's writer where installed.
+STARTUP_CODE = ("import diffatlas.cli as c; c.build_parser()\n"
+                "import diffatlas.study.work, diffatlas.study.runner, diffatlas.train, diffatlas.evaluate, "
+                "diffatlas.metrics, diffatlas.guidance\n"
+                "try:\n    import torch.utils.tensorboard\nexcept ImportError:\n    pass\n")
+
+
+def measure_startup() -> float | None:
+    """Seconds a fresh interpreter takes to import what a study process needs before its first run
+    (STARTUP_CODE); paid by the `study run` process and again by each worker process it starts. None
+    when that interpreter fails."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    t0 = time.perf_counter()
+    rc = subprocess.run([sys.executable, "-c", STARTUP_CODE], env=env, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL, check=False).returncode
+    return time.perf_counter() - t0 if rc == 0 else None
+
+
+def _eval_line(what: str, u: EvalUnits) -> str:
+    guided = "".join(f", {k}-guided {u.nfe_s[k] * 1e3:.3g} ms" for k in ("classifier", "cfg") if k in u.nfe_s)
+    feats = (f"; extractor {u.feature_s * 1e3:.3g} ms per image" if u.feature_s is not None else "")
+    metrics = ", ".join(f"{v:.2g} s at n={n}" for n, v in sorted(u.metrics_s.items()))
+    return (f"  evaluation of {what} ({u.threads} thread{'s' if u.threads != 1 else ''}): sampling "
+            f"{u.nfe_s[None] * 1e3:.3g} ms per sample and NFE at batch 256{guided}{feats}; per snapshot evaluation: "
+            f"load {u.load_s:.2g} s, metrics {metrics or 'none'}, TensorBoard {u.log_s:.2g} s; per evaluate_run call "
+            f"{u.call_s:.2g} s ({u.seconds:.1f} s measured)")
+
+
+def plan_text(study: Study, runs: list[RunSpec], *, measure: bool = True, steps: int = 3, workers: int | None = None,
+              gpu: str | None = None, executor: ExecutorSpec | None = None,
+              calibrate_fn: Callable[..., dict] = calibrate,
+              contention_fn: Callable[..., dict] = measure_contention,
+              startup_fn: Callable[[], float | None] = measure_startup) -> str:
+    """The plan's text. `workers`: the local executor's worker processes (default the study's);
+    `gpu`: a GPU_RATES key to predict the study's GPU time for (default: h200 when the study asks for
+    a GPU); `calibrate_fn(run, steps, threads, evaluation)`, `contention_fn(run, threads, others)` and
+    `startup_fn()` replace the measurements (tests)."""
     keys = study.axis_keys
+    executor = (executor or study.executor).resolved()
+    workers = int(workers or executor.workers)
     if study.models:
         lines = [f"study {study.name}: evaluation only, {len(runs)} finished run(s) evaluated in place"]
         header = ["id", "model", "run directory"]
         table = [[r.id, str(r.labels["model"]), str(r.run_dir)] for r in runs]
-        measure = False  # nothing is trained
     else:
         tuning = [r for r in runs if is_tuning(r.labels)]  # a `tune` section: study.tuning.plan_runs
         lines = [f"study {study.name}: {len(runs) - len(tuning)} runs = {len(study.combinations())} configuration(s) x "
@@ -78,28 +252,192 @@ def plan_text(study: Study, runs: list[RunSpec], *, measure: bool = True, steps:
     from .calibration import design_lines
 
     lines += design_lines(study)
-    if not measure:
-        return "\n".join(lines)
-    groups: dict[tuple, list[RunSpec]] = {}
-    for r in runs:
-        groups.setdefault(_combo_key(r), []).append(r)
-    total, known = 0.0, True
-    lines.append("calibration (the real training loop, a few steps per distinct data/network/batch):")
-    for key, members in groups.items():
-        r0 = members[0]
-        res = calibrate_fn(r0, steps)
-        what = f"{r0.config.network.preset} on {r0.config.data.name}, batch {r0.config.train.batch}"
-        if "error" in res:
-            lines.append(f"  {what}: not measured ({res['error']})")
-            known = False
-            continue
-        secs = sum(m.config.train.kimg * 1000 / res["images_per_s"] for m in members)
-        total += secs
-        lines.append(f"  {what}: {res['images_per_s']:.0f} img/s over {res['steps']} timed steps "
-                     f"({res['seconds']:.1f} s measured); {len(members)} run(s) -> {format_duration(secs)} of training")
-    lines.append(f"estimated training time, one worker: {format_duration(total)}" + ("" if known else " (partial)")
-                 + "; evaluation not included")
+    nfe_of = _nfe_cache()
+    works = [run_work(r, ev, nfe_of) for r in runs]
+    lines += _work_lines(runs, works)
+    if gpu is None and asks_for_gpu(study):
+        gpu = "h200"
+    if measure:
+        lines += _measured_lines(study, runs, works, steps, workers, executor, calibrate_fn, contention_fn, startup_fn)
+    if gpu is not None:
+        if gpu not in GPU_RATES:
+            raise UserError(f"--gpu {gpu!r}: no recorded rates; known: {', '.join(GPU_RATES)}")
+        try:
+            lines += gpu_estimate(runs, works, ev, gpu, workers=workers if not executor.remote else 1)
+        except UserError as e:
+            lines.append(f"GPU estimate ({gpu}): not possible: {e}")
     return "\n".join(lines)
+
+
+def asks_for_gpu(study: Study) -> bool:
+    """Does the study ask for a GPU: train.device cuda/auto in its base or an axis, or GPUs per cluster job?"""
+    def gpu_device(v) -> bool:
+        return isinstance(v, str) and (v == "auto" or v.startswith("cuda"))
+
+    base = (study.base.get("train") or {}).get("device") if isinstance(study.base.get("train"), dict) else None
+    if gpu_device(base) or study.executor.gpus_per_run:
+        return True
+    return any(gpu_device(c.get("train.device")) for g in study.axes for c in g["combos"])
+
+
+def _nfe_cache() -> Callable[[RunSpec, dict], int]:
+    """setting_nfe, once per (dynamics, sample config, setting)."""
+    from .cost import _dynamics, setting_nfe
+
+    seen: dict[str, int] = {}
+
+    def nfe_of(run: RunSpec, setting: dict) -> int:
+        d = run.config_dict
+        key = json.dumps([d["dynamics"], d["sample"], setting], sort_keys=True, default=str)
+        if key not in seen:
+            seen[key] = setting_nfe(run.config, _dynamics(run.config), setting)
+        return seen[key]
+
+    return nfe_of
+
+
+def _work_lines(runs: list[RunSpec], works: list[Work]) -> list[str]:
+    """What each run does, grouped by identical work."""
+    groups: dict[str, list[int]] = {}
+    for i, w in enumerate(works):
+        groups.setdefault(json.dumps([w.train_images, w.snapshots, w.describe()]), []).append(i)
+    lines = ["work per run (counted from the configs and the evaluation plan):"]
+    for idx in groups.values():
+        w = works[idx[0]]
+        train = f"{w.train_images:,} training images, " if w.train_images else ""
+        lines.append(f"  {len(idx)} run(s): {train}{w.snapshots} snapshot(s); snapshot evaluations: {w.describe() or 'none'}"
+                     f" = {w.samples:,} samples, {w.sample_nfe:,} sample-NFE"
+                     + ("; the noise-aware classifier of its dataset and process (classifier guidance, trained once)" if w.noisy_classifier else ""))
+    return lines
+
+
+def _measured_lines(study: Study, runs: list[RunSpec], works: list[Work], steps: int, workers: int,
+                    executor: ExecutorSpec, calibrate_fn: Callable[..., dict],
+                    contention_fn: Callable[..., dict], startup_fn: Callable[[], float | None]) -> list[str]:
+    import torch
+
+    cores = cpu_count()
+    main = torch.get_num_threads()
+    w_threads = worker_threads(workers, cores, main) if not executor.remote else main
+    thread_counts = [main] + ([w_threads] if w_threads != main else [])
+    ev = study.evaluation
+    lines = [f"calibration on this machine ({cores} core{'s' if cores != 1 else ''}; one worker uses {main} "
+             f"thread{'s' if main != 1 else ''}"
+             + (f", each of {workers} workers {w_threads}" if workers > 1 and not executor.remote else "")
+             + "): a few real training steps per distinct data/network/batch, the evaluation's pieces per data/network"]
+    train_by: dict[tuple, dict[int, dict]] = {}
+    eval_by: dict[tuple, dict[int, EvalUnits]] = {}
+    partial = False
+    for r in runs:
+        tk, ek = _combo_key(r), _eval_key(r)
+        if study.models:
+            if ek in eval_by:
+                continue
+            eval_by[ek] = {}
+            for t in thread_counts:
+                try:
+                    eval_by[ek][t] = measure_evaluation(r.run_dir, ev, threads=t)
+                except UserError as e:
+                    lines.append(f"  evaluation of {network_label(r.config)} on {data_label(r.config)}: not measured ({e})")
+                    partial = True
+                    break
+            for t, u in eval_by[ek].items():
+                lines.append(_eval_line(f"{network_label(r.config)} on {data_label(r.config)}", u))
+                lines += [f"    note: {n}" for n in u.notes]
+            continue
+        if tk in train_by:
+            continue
+        train_by[tk] = {}
+        what = f"{network_label(r.config)} on {data_label(r.config)}, batch {r.config.train.batch}"
+        for t in thread_counts:
+            res = calibrate_fn(r, steps, t, ev if ek not in eval_by or t not in eval_by[ek] else None)
+            if "error" in res:
+                lines.append(f"  training {what}: not measured ({res['error']})")
+                partial = True
+                break
+            train_by[tk][t] = res
+            lines.append(f"  training {what} ({t} thread{'s' if t != 1 else ''}): {res['images_per_s']:.0f} img/s "
+                         f"(median over {res['steps']} timed steps), {res['setup_s']:.1f} s per run of setup, "
+                         f"snapshot and doctor ({res['seconds']:.1f} s measured)")
+            if "eval" in res:
+                eval_by.setdefault(ek, {})[t] = res["eval"]
+                lines.append(_eval_line(f"{network_label(r.config)} on {data_label(r.config)}", res["eval"]))
+                lines += [f"    note: {n}" for n in res["eval"].notes]
+    # per run and thread count: training, evaluation, its own one-offs, the dataset's (paid by the runs
+    # that reach evaluation before it is cached: with one worker, the first run of the dataset)
+    per: dict[int, list[tuple[float, float, float, str, float]]] = {t: [] for t in thread_counts}
+    noisy_paid: set[str] = set()  # the noise-aware classifier: once per dataset and process (shared)
+    for r, w in zip(runs, works):
+        tr = train_by.get(_combo_key(r), {})
+        eu = eval_by.get(_eval_key(r), {})
+        dkey = json.dumps(r.config_dict["data"], sort_keys=True)
+        nkey = json.dumps([r.config_dict["data"], r.config_dict["dynamics"]], sort_keys=True)
+        first_noisy = w.noisy_classifier and nkey not in noisy_paid
+        if first_noisy:
+            noisy_paid.add(nkey)
+        for t in thread_counts:
+            train_s = (w.train_images / tr[t]["images_per_s"] + tr[t]["setup_s"]) if t in tr else None
+            u = eu.get(t)
+            eval_s = u.run_s(w) if u is not None else None
+            own = (u.noisy_s or 0.0) if u is not None and first_noisy else 0.0
+            shared = u.dataset_s if u is not None else 0.0
+            if (train_s is None and not study.models) or eval_s is None:
+                partial = True
+            per[t].append((train_s or 0.0, eval_s or 0.0, own, dkey, shared))
+
+    def timeline(rows: list, factor: float = 1.0) -> list[RunTime]:
+        return [RunTime(a * factor, (b + c) * factor, k, d * factor) for a, b, c, k, d in rows]
+    start = startup_fn()
+    if start is None:
+        start, partial = 0.0, True
+        lines.append("  process start: not measured (a fresh interpreter failed to import diffatlas)")
+    else:
+        lines.append(f"  process start: {start:.1f} s (a fresh interpreter importing the CLI and the per-run work's "
+                     "modules), paid by `study run` and by each worker process it starts")
+    t1 = per[main]
+    one_wall = wall_time(timeline(t1), 1)
+    tot = [sum(x[0] for x in t1), sum(x[1] for x in t1)]
+    tot.append(one_wall - tot[0] - tot[1])   # each run's own one-offs, and each dataset's once
+    lines.append(f"estimated time, one worker ({main} thread{'s' if main != 1 else ''}): training {format_duration(tot[0])}"
+                 f" + evaluation {format_duration(tot[1])} + one-off classifiers and statistics {format_duration(tot[2])}"
+                 f" + process start {format_duration(start)} = {format_duration(one_wall + start)}"
+                 + (" (partial: see the lines above)" if partial else ""))
+    if executor.remote:
+        longest = max((x[0] + x[1] + x[2] + x[4] for x in t1), default=0.0)
+        lines.append(f"with the {executor.name} executor runs go to cluster jobs, each timed as above on this machine: "
+                     f"the longest run takes {format_duration(longest)} here")
+    elif workers > 1:
+        factor, how = 1.0, "not measured: assumes the workers slow each other only by splitting the cores"
+        cpu_runs = [r for r in runs if str(r.config.train.device) in ("cpu", "auto") and not study.models]
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if cpu_runs and not gpus:
+            others = min(workers - 1, MAX_CONCURRENT)
+            c = contention_fn(cpu_runs[0], w_threads, others)
+            if "error" in c:
+                how = f"not measured ({c['error']}): assumes the workers slow each other only by splitting the cores"
+            else:
+                factor = c["factor"]
+                if workers - 1 > others:
+                    factor *= (workers - 1) / others  # beyond what was measured, workers share the cores evenly
+                how = (f"x{factor:.2f}: the training rate with {w_threads} thread{'s' if w_threads != 1 else ''} alone "
+                       f"{c['alone']:.0f} img/s, beside {others} more worker{'s' if others != 1 else ''} doing the same "
+                       f"{c['loaded']:.0f} img/s" + (f"; x{(workers - 1) / others:.2g} for the workers beyond "
+                                                     f"{others + 1}" if workers - 1 > others else ""))
+        rows = timeline(per[w_threads], factor)
+        wall = wall_time(rows, workers)
+        tw = [sum(x[0] for x in per[w_threads]) * factor, sum(x[1] for x in per[w_threads]) * factor,
+              sum(x[2] for x in per[w_threads]) * factor]
+        shared = {x[3]: x[4] * factor for x in per[w_threads] if x[4]}
+        starts = start + start * factor  # the runner, then its workers, which start side by side
+        lines.append(f"estimated wall time, {workers} workers ({w_threads} thread{'s' if w_threads != 1 else ''} each): "
+                     f"{format_duration(starts + wall)}: process starts {format_duration(starts)} "
+                     f"(the runner's, then the workers' side by side), then the runs' training {format_duration(tw[0])} + "
+                     f"evaluation {format_duration(tw[1])} + their own one-offs {format_duration(tw[2])}"
+                     + (f" + the datasets' classifiers and statistics ({format_duration(sum(shared.values()))} each time; "
+                        "paid again by every worker whose run reaches evaluation before they are cached)" if shared else "")
+                     + f" shared out as each worker takes the next run in the ledger's order; timed at {w_threads} "
+                     f"thread{'s' if w_threads != 1 else ''} and slowed by the other workers {how}")
+    return lines
 
 
 def executor_text(spec: ExecutorSpec, runs: list[RunSpec], out: Path) -> str:
