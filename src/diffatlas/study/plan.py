@@ -28,7 +28,7 @@ from typing import Callable
 
 from ..checkpoint import read_stats
 from ..errors import UserError
-from .cost import (GPU_RATES, EvalUnits, RunTime, Work, cpu_count, data_label, gpu_estimate, measure_evaluation,
+from .cost import (GPU_RATES, EvalUnits, RunTime, Work, cpu_count, cpu_seconds, data_label, gpu_estimate, measure_evaluation,
                    network_label, run_work, wall_time, worker_threads)
 from .executors import ExecutorSpec
 from .spec import RunSpec, Study, short_key
@@ -325,6 +325,7 @@ def _measured_lines(study: Study, runs: list[RunSpec], works: list[Work], steps:
     train_by: dict[tuple, dict[int, dict]] = {}
     eval_by: dict[tuple, dict[int, EvalUnits]] = {}
     partial = False
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
     for r in runs:
         tk, ek = _combo_key(r), _eval_key(r)
         if study.models:
@@ -380,6 +381,12 @@ def _measured_lines(study: Study, runs: list[RunSpec], works: list[Work], steps:
     def timeline(rows: list, factor: float = 1.0) -> list[RunTime]:
         return [RunTime(a * factor, (b + c) * factor, k, d * factor) for a, b, c, k, d in rows]
     start = startup_fn()
+    cpu1, elapsed = cpu_seconds(), time.perf_counter() - t0
+    if cpu0 is not None and cpu1 is not None and elapsed > 0:
+        others = max(0.0, (cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1])) / (elapsed * cores)
+        lines.append(f"  other processes used {others:.0%} of the {cores} cores during these {elapsed:.0f} s of "
+                     "calibration; the estimate assumes the machine stays as busy"
+                     + (" (the figures above are slowed by that load)" if others >= 0.25 else ""))
     if start is None:
         start, partial = 0.0, True
         lines.append("  process start: not measured (a fresh interpreter failed to import diffatlas)")
