@@ -172,7 +172,8 @@ def test_plan_adds_training_evaluation_and_one_offs(monkeypatch):
     assert (f"estimated wall time, 2 workers (1 thread each): {format_duration(wall)}: process starts "
             f"{format_duration(9.0)} (the runner's, then the workers' side by side), then the runs' training "
             f"{format_duration(3 * train_run * 1.25)} + evaluation {format_duration(3 * ev_run * 1.25)}" in text)
-    assert "slowed by the other workers x1.25: the training rate with 1 thread alone 100 img/s, beside 1 more worker" in text
+    assert ("slowed by the other workers x1.25 in training (the training rate with 1 thread alone 100 img/s, beside 1 "
+            "more worker training 80 img/s) and x1.25 in evaluation" in text)
     assert "the noise-aware classifier of its dataset and process (classifier guidance, trained once)" in text
 
 
@@ -256,6 +257,7 @@ def test_contention_is_measured_beside_real_concurrent_workers():
     st = study({"metrics": ["bpd"]}, base=base)
     c = measure_contention(st.runs()[0], threads=1, others=1)
     assert c["alone"] > 0 and c["loaded"] > 0 and c["factor"] == max(1.0, c["alone"] / c["loaded"])
+    assert c["sampling_factor"] >= 1.0
     assert not mp.active_children()
 
 

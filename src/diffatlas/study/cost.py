@@ -557,6 +557,26 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_seconds() -> tuple[float, float] | None:
+    """(CPU seconds every process on this machine has used, CPU seconds this process and its waited-for
+    children have used), from /proc/stat and getrusage; None where /proc/stat is not there (not Linux).
+    Their growth over an interval, less ours, is what other processes took meanwhile."""
+    import os
+    import resource
+
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()[1:]
+    except OSError:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    busy = (user + nice + system + irq + softirq + steal) / ticks
+    own = sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                resource.getrusage(resource.RUSAGE_CHILDREN)))
+    return busy, own
+
+
 def worker_threads(workers: int, cores: int, main_threads: int) -> int:
     """Torch threads of each worker of `study run --workers W` (study.runner): one worker runs in the
     runner's own process (its default threads); several get cores // W each, at least 1."""

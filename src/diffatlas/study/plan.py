@@ -28,7 +28,7 @@ from typing import Callable
 
 from ..checkpoint import read_stats
 from ..errors import UserError
-from .cost import (GPU_RATES, EvalUnits, RunTime, Work, cpu_count, data_label, gpu_estimate, measure_evaluation,
+from .cost import (GPU_RATES, EvalUnits, RunTime, Work, cpu_count, cpu_seconds, data_label, gpu_estimate, measure_evaluation,
                    network_label, run_work, wall_time, worker_threads)
 from .executors import ExecutorSpec
 from .spec import PHASE_KEY, RunSpec, Study, is_tuning, short_key
@@ -122,6 +122,47 @@ def _busy(cfg, threads: int, per_tick: int, go, idle, ready, stop) -> None:
             i += 1
 
 
+class _SamplingProbe:
+    """Seconds per sample and denoiser evaluation of `run`'s network at the evaluation's batch, as
+    measure_evaluation times it (sampling.generate on a snapshot of a few training steps)."""
+
+    def __init__(self, run: RunSpec, threads: int) -> None:
+        import torch
+
+        from ..evaluate import SAMPLE_BATCH
+        from ..sampling import load_run, run_plan
+
+        self.threads = threads
+        self._tmp = tempfile.TemporaryDirectory(prefix="diffatlas-calib-probe-")
+        run_dir = Path(self._tmp.name) / "run"
+        _train_rate(replace(run.config, train=replace(run.config.train, doctor=False, tensorboard=False)), 0, 1, run_dir)
+        self.loaded = load_run(run_dir, None, device="cpu")
+        dyn = self.loaded.denoiser.dynamics
+        self.plan = run_plan(self.loaded.cfg, dyn, sampler="ddim", steps=8 if dyn.steps is None else min(8, dyn.steps))
+        self.batch = SAMPLE_BATCH
+        k = self.loaded.num_classes
+        self.cond = (torch.arange(SAMPLE_BATCH) % k) if k else None
+
+    def seconds(self) -> float:
+        import torch
+
+        from ..sampling import generate
+
+        old = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            p = self.plan
+            t0 = time.perf_counter()
+            _, nfe = generate(self.loaded.denoiser, self.loaded.shape, list(range(self.batch)), sampler=p.sampler,
+                              grid=p.grid, steps=p.steps, cond=self.cond, options=p.options, batch=self.batch)
+            return (time.perf_counter() - t0) / (self.batch * nfe)
+        finally:
+            torch.set_num_threads(old)
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+
 def _wait_all(events, value: bool, timeout: float) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -132,20 +173,26 @@ def _wait_all(events, value: bool, timeout: float) -> bool:
 
 
 def measure_contention(run: RunSpec, threads: int, others: int, steps: int = 3, repeats: int = 2) -> dict:
-    """How much `others` concurrent workers slow one: the training rate of `run` with `threads` threads
-    alone and while `others` processes (each with `threads` threads) train the same config, measured
-    back to back `repeats` times. Other load on the machine only ever inflates the ratio, so the
-    smallest is kept. Returns {alone, loaded, factor = alone / loaded (>= 1)} or {error}."""
+    """How much `others` concurrent workers slow one: the training rate of `run` with `threads` threads,
+    and its sampling at the evaluation's batch, alone and while `others` processes (each with `threads`
+    threads) train the same config, measured back to back `repeats` times. Other load on the machine
+    only ever inflates the ratios, so the smallest of each is kept. Returns {alone, loaded, factor =
+    alone / loaded (>= 1) of training; sampling_factor, of sampling} or {error}."""
     import multiprocessing as mp
 
     first = calibrate(run, steps, threads)
     if "error" in first:
         return first
+    try:
+        probe = _SamplingProbe(run, threads)
+        probe.seconds()  # warm-up
+    except UserError as e:
+        return {"error": str(e)}
     per_tick = max(1, math.ceil(0.25 * first["images_per_s"] / run.config.train.batch))  # ~0.25 s ticks
     ctx = mp.get_context("spawn")
     stop, go = ctx.Event(), ctx.Event()
     procs, idles, readies = [], [], []
-    pairs = []
+    pairs, sampling = [], []
     try:
         go.set()
         for _ in range(others):
@@ -162,14 +209,18 @@ def measure_contention(run: RunSpec, threads: int, others: int, steps: int = 3, 
             if not _wait_all(idles, True, 120):
                 return {"error": "the concurrent workers did not pause within 120 s"}
             alone = calibrate(run, steps, threads)
+            s_alone = probe.seconds()
             go.set()
             if not _wait_all(idles, False, 120):
                 return {"error": "the concurrent workers did not resume within 120 s"}
             loaded = calibrate(run, steps, threads)
+            s_loaded = probe.seconds()
             if "error" in alone or "error" in loaded:
                 return alone if "error" in alone else loaded
             pairs.append((alone["images_per_s"], loaded["images_per_s"]))
+            sampling.append(s_loaded / s_alone)
     finally:
+        probe.close()
         stop.set()
         go.set()
         for p in procs:
@@ -178,7 +229,7 @@ def measure_contention(run: RunSpec, threads: int, others: int, steps: int = 3, 
                 p.terminate()
                 p.join()
     a, b = min(pairs, key=lambda ab: ab[0] / ab[1])
-    return {"alone": a, "loaded": b, "factor": max(1.0, a / b)}
+    return {"alone": a, "loaded": b, "factor": max(1.0, a / b), "sampling_factor": max(1.0, min(sampling))}
 
 
 # What a fresh `study run` process or local worker imports before its first run: the CLI's parser and
@@ -328,6 +379,7 @@ def _measured_lines(study: Study, runs: list[RunSpec], works: list[Work], steps:
     train_by: dict[tuple, dict[int, dict]] = {}
     eval_by: dict[tuple, dict[int, EvalUnits]] = {}
     partial = False
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
     for r in runs:
         tk, ek = _combo_key(r), _eval_key(r)
         if study.models:
@@ -385,9 +437,16 @@ def _measured_lines(study: Study, runs: list[RunSpec], works: list[Work], steps:
                 partial = True
             per[t].append((train_s or 0.0, eval_s or 0.0, own, dkey, shared))
 
-    def timeline(rows: list, factor: float = 1.0) -> list[RunTime]:
-        return [RunTime(a * factor, (b + c) * factor, k, d * factor) for a, b, c, k, d in rows]
+    def timeline(rows: list, factor: float = 1.0, eval_factor: float | None = None) -> list[RunTime]:
+        ef = factor if eval_factor is None else eval_factor
+        return [RunTime(a * factor, b * ef + c * factor, k, d * factor) for a, b, c, k, d in rows]
     start = startup_fn()
+    cpu1, elapsed = cpu_seconds(), time.perf_counter() - t0
+    if cpu0 is not None and cpu1 is not None and elapsed > 0:
+        others = max(0.0, (cpu1[0] - cpu0[0]) - (cpu1[1] - cpu0[1])) / (elapsed * cores)
+        lines.append(f"  other processes used {others:.0%} of the {cores} cores during these {elapsed:.0f} s of "
+                     "calibration; the estimate assumes the machine stays as busy"
+                     + (" (the figures above are slowed by that load)" if others >= 0.25 else ""))
     if start is None:
         start, partial = 0.0, True
         lines.append("  process start: not measured (a fresh interpreter failed to import diffatlas)")
@@ -407,7 +466,7 @@ def _measured_lines(study: Study, runs: list[RunSpec], works: list[Work], steps:
         lines.append(f"with the {executor.name} executor runs go to cluster jobs, each timed as above on this machine: "
                      f"the longest run takes {format_duration(longest)} here")
     elif workers > 1:
-        factor, how = 1.0, "not measured: assumes the workers slow each other only by splitting the cores"
+        factor, eval_factor, how = 1.0, 1.0, "not measured: assumes the workers slow each other only by splitting the cores"
         cpu_runs = [r for r in runs if str(r.config.train.device) in ("cpu", "auto") and not study.models]
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if cpu_runs and not gpus:
@@ -417,15 +476,16 @@ def _measured_lines(study: Study, runs: list[RunSpec], works: list[Work], steps:
                 how = f"not measured ({c['error']}): assumes the workers slow each other only by splitting the cores"
             else:
                 factor = c["factor"]
-                if workers - 1 > others:
-                    factor *= (workers - 1) / others  # beyond what was measured, workers share the cores evenly
-                how = (f"x{factor:.2f}: the training rate with {w_threads} thread{'s' if w_threads != 1 else ''} alone "
-                       f"{c['alone']:.0f} img/s, beside {others} more worker{'s' if others != 1 else ''} doing the same "
-                       f"{c['loaded']:.0f} img/s" + (f"; x{(workers - 1) / others:.2g} for the workers beyond "
-                                                     f"{others + 1}" if workers - 1 > others else ""))
-        rows = timeline(per[w_threads], factor)
+                eval_factor = c.get("sampling_factor", factor)
+                beyond = (workers - 1) / others if workers - 1 > others else 1.0
+                factor, eval_factor = factor * beyond, eval_factor * beyond  # beyond the measured: cores shared evenly
+                how = (f"x{factor:.2f} in training (the training rate with {w_threads} thread{'s' if w_threads != 1 else ''}"
+                       f" alone {c['alone']:.0f} img/s, beside {others} more worker{'s' if others != 1 else ''} training "
+                       f"{c['loaded']:.0f} img/s) and x{eval_factor:.2f} in evaluation (sampling at batch 256 alone and "
+                       "beside them)" + (f"; x{beyond:.2g} for the workers beyond {others + 1}" if beyond > 1 else ""))
+        rows = timeline(per[w_threads], factor, eval_factor)
         wall = wall_time(rows, workers)
-        tw = [sum(x[0] for x in per[w_threads]) * factor, sum(x[1] for x in per[w_threads]) * factor,
+        tw = [sum(x[0] for x in per[w_threads]) * factor, sum(x[1] for x in per[w_threads]) * eval_factor,
               sum(x[2] for x in per[w_threads]) * factor]
         shared = {x[3]: x[4] * factor for x in per[w_threads] if x[4]}
         starts = start + start * factor  # the runner, then its workers, which start side by side
