@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from diffatlas import cli
+from diffatlas.errors import UserError
 from diffatlas.study import statistics as S
 
 SETTINGS = ("heun x18", "ddim x50", "ancestral x100", "euler x50")
@@ -122,7 +123,10 @@ def test_direction_comes_from_the_metric_record():
     recs = [dict(r, metric="sliced_w2", higher_is_better=False) for r in _study(rng, seeds=6, effect=5.0)]
     v = _verdict(recs, metrics=("sliced_w2",))[DISCRETE]
     assert v.verdict == "supported", v.evidence  # ncsn's larger distance is worse
-    assert S.direction("sliced_w2", recs) == -1 and S.direction("sliced_w2") == +1
+    assert S.direction("sliced_w2", recs) == -1
+    with pytest.raises(UserError, match="'sliced_w2' is not one diffatlas computes"):
+        S.direction("sliced_w2")   # no record says and no metric yields it: no guess
+    assert S.direction("precision") == +1 and S.direction("kid") == -1   # from the metric registry
 
 
 def test_a_curve_that_never_settles_counts_at_the_budget():

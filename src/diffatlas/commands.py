@@ -163,6 +163,7 @@ AXES = {
     "weightings": ("diffatlas.losses", "WEIGHTINGS"),
     "samplers": ("diffatlas.samplers", "SAMPLERS"),
     "extractors": ("diffatlas.metrics", "EXTRACTORS"),
+    "metrics": ("diffatlas.metrics", "METRICS"),
     "guidance": ("diffatlas.guidance", "GUIDANCE"),
 }
 

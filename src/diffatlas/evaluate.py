@@ -61,9 +61,7 @@ METRICS_FILE = "metrics.jsonl"
 # What identifies an evaluation entry: an entry with the same values is not computed again.
 KEY_FIELDS = ("kimg", "metric", "setting", "sampler", "grid", "steps", "options", "clip", "nfe_budget", "guidance",
               "guidance_classifier", "n", "extractor", "extractor_hash", "seed")
-# Metric names a requested metric writes ("pr" writes two lines).
-PRODUCES = {"pr": ("precision", "recall")}
-SAMPLE_BATCH = 256  # samples per generate() call; fixed, because stochastic samplers draw noise per chunk
+SAMPLE_BATCH = 256  # samples per sampler call (memory and progress; the samples do not depend on it)
 REAL_SUBSET_SEED = 0  # the permutation that picks the real images of KID and precision/recall
 NOISY_CLASSIFIER_DIR = "noisy-classifier"  # RUN/<this>: a run's own guidance classifier, used when present
 
@@ -405,7 +403,7 @@ def _likelihood_data(cfg: Any, m: int) -> tuple[Tensor, Tensor | None, str]:
 def _sample(denoiser: Any, shape: tuple[int, ...], seeds: list[int], *, sampler: str, grid: str, steps: int,
             cond: Tensor | None, options: dict[str, Any], clip: str, device: torch.device, progress: bool | None,
             log: LogFn, what: str) -> tuple[Tensor, int]:
-    """generate() in chunks of SAMPLE_BATCH seeds (identical to one call with batch=SAMPLE_BATCH) with
+    """generate() in chunks of SAMPLE_BATCH seeds (identical to one call: a sample depends on its seed alone) with
     progress reports: a tqdm bar (progress=True), log lines (None, when there are several chunks), or nothing."""
     chunks = [(i, seeds[i:i + SAMPLE_BATCH]) for i in range(0, len(seeds), SAMPLE_BATCH)]
     bar = None
@@ -548,6 +546,7 @@ def evaluate_run(
     """
     from .guidance import make_guidance, parse_guidance_spec
     from .metrics import METRICS, MetricContext
+    from .metrics.spec import yielded_by
     from .model import make_dynamics
 
     log = log or _quiet
@@ -560,7 +559,7 @@ def evaluate_run(
         raise UserError(f"the number of bootstrap resamples must be >= 0, got {n_boot}")
     n_boot = int(n_boot)
     # model metrics (bpd) read the snapshot's denoiser; the others the features of its samples
-    model_metrics = [m for m in requested if getattr(METRICS.get(m), "needs_model", False)]
+    model_metrics = [m for m in requested if METRICS.get(m).needs_model]
     feature_metrics = [m for m in requested if m not in model_metrics]
     if extractor not in ("classifier", "inception"):
         from .metrics import EXTRACTORS
@@ -600,10 +599,11 @@ def evaluate_run(
     labelled = k is not None
     use_labels = labelled and (conditional or parsed is not None)  # the sampler is told a class
     acc_ext = None  # the classifier that judges class accuracy
-    if "class_accuracy" in requested:
+    label_metrics = [m for m in requested if METRICS.get(m).needs_labels]
+    if label_metrics:
         if not labelled:
-            log("class_accuracy skipped: the run's dataset has no class labels")
-            requested.remove("class_accuracy")
+            log(f"{', '.join(label_metrics)} skipped: the run's dataset has no class labels")
+            requested = [m for m in requested if m not in label_metrics]
         elif ext.name == "classifier" and ext.num_classes == k:
             acc_ext = ext
         else:
@@ -613,7 +613,7 @@ def evaluate_run(
         if acc_ext is not None and acc_ext.num_classes != k:
             raise UserError(f"the evaluation classifier has {acc_ext.num_classes} classes, the run's dataset {k}")
         if acc_ext is not None and not use_labels:
-            log("class_accuracy of an unconditional, unguided run: logged against labels cycling 0..K-1 that the "
+            log(f"{', '.join(label_metrics)} of an unconditional, unguided run: logged against labels cycling 0..K-1 that the "
                 "sampler does not see (the chance baseline for guidance)")
     if not requested:
         return []
@@ -629,7 +629,7 @@ def evaluate_run(
     def key_for(kimg: float, name: str) -> tuple:
         if name in model_metrics:
             return entry_key({**lik_base, "kimg": kimg, "metric": name, "extractor": None, "extractor_hash": None})
-        e = acc_ext if name == "class_accuracy" else ext
+        e = acc_ext if yielded_by(name).needs_labels else ext   # name: a record's metric (pr -> precision)
         return entry_key({**base, "kimg": kimg, "metric": name, "extractor": e.name, "extractor_hash": e.weights_hash})
 
     logged = {entry_key(e): e for e in read_metrics(run_dir)}
@@ -662,10 +662,10 @@ def evaluate_run(
             x = torch.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)
         x = x.clamp(-1, 1)  # the images a PNG would hold (values outside [-1, 1] are not pixels)
         feats, logits = ext.features_and_logits(x)
-        needs_stats = any(p not in ("class_accuracy",) for p in pending)
+        needs_stats = any(not METRICS.get(p).needs_labels for p in pending)
         ref = reference.stats() if needs_stats else None
         real_feats = None
-        if any(getattr(METRICS.get(m), "needs_real_features", False) for m in pending):
+        if any(METRICS.get(m).needs_real_features for m in pending):
             real_feats = reference.features(n)
         # KID averages MMD^2 over random subsets of m = min(1000, n, n_real) per side (Binkowski et al. 2018,
         # app. D); when m covers both sides every subset is the whole set, and one subset gives the same value
@@ -673,7 +673,8 @@ def evaluate_run(
         ctx_opts = {"is_splits": min(10, n), "kid_subsets": 1 if full else 100, "kid_subset_size": 1000, "pr_k": 3,
                     "labels": labels.numpy() if labels is not None else None}
         for m in pending:
-            if m == "class_accuracy":
+            spec = METRICS.get(m)
+            if spec.needs_labels:  # judged by the dataset's evaluation classifier, against the requested classes
                 acc_logits = logits if acc_ext is ext else acc_ext.logits(x)
                 ctx = MetricContext(fake_features=feats.double().numpy(), fake_logits=acc_logits.double().numpy(),
                                     real_features=None, reference=None, n_real=0, extractor=acc_ext,  # type: ignore[arg-type]
@@ -682,11 +683,11 @@ def evaluate_run(
                 ctx = MetricContext(fake_features=feats.double().numpy(), fake_logits=logits.double().numpy(),
                                     real_features=real_feats, reference=reference.frechet(), n_real=ref.n, extractor=ext,
                                     n_boot=n_boot, seed=seed, alpha=0.05, options=ctx_opts)
-            for rec in METRICS.get(m)(ctx):
-                if real_feats is not None and m in ("kid", "pr"):
+            for rec in spec(ctx):
+                if spec.needs_real_features:
                     rec["n_real"] = int(real_feats.shape[0])
                     rec["real"] = f"{real_feats.shape[0]} images of {reference.data_id}/{reference.split}"
-                elif m == "class_accuracy":
+                elif spec.needs_labels:
                     rec["n_real"] = 0
                     rec["conditioned"] = use_labels
                     rec["labels"] = "cycling 0..K-1"
@@ -699,9 +700,9 @@ def evaluate_run(
         return recs, nfe, sample_s, x
 
     for i, (kimg, snap) in enumerate(chosen):
-        pending = [m for m in requested if not all(satisfied(key_for(kimg, p)) for p in PRODUCES.get(m, (m,)))]
+        pending = [m for m in requested if not all(satisfied(key_for(kimg, p)) for p in METRICS.get(m).produces)]
         if not pending:
-            results.extend(logged[key_for(kimg, p)] for m in requested for p in PRODUCES.get(m, (m,)))
+            results.extend(logged[key_for(kimg, p)] for m in requested for p in METRICS.get(m).produces)
             continue
         start = time.perf_counter()
         what = f"kimg {kimg:g} ({i + 1}/{len(chosen)})"
@@ -739,7 +740,7 @@ def evaluate_run(
                      "dataset": reference.data_id, "reference_split": reference.split,
                      "wall_s": round(wall, 3), "sample_s": round(sample_s, 3), "time": stamp, **rec}
             if e_name == "classifier":
-                e_obj = acc_ext if entry["metric"] == "class_accuracy" else ext
+                e_obj = acc_ext if yielded_by(entry["metric"]).needs_labels else ext
                 entry["extractor_accuracy"] = getattr(e_obj, "info", {}).get("test_accuracy")
             entry = _json_clean(entry)
             lines.append(entry)
@@ -747,7 +748,7 @@ def evaluate_run(
             append_jsonl(path, entry)
             logged[entry_key(entry)] = entry
         log_evaluation(run_dir, cfg.train.tensorboard, kimg, lines, x)
-        results.extend(logged[key_for(kimg, p)] for m in requested for p in PRODUCES.get(m, (m,)))
+        results.extend(logged[key_for(kimg, p)] for m in requested for p in METRICS.get(m).produces)
         log(f"evaluated {what}: " + "  ".join(f"{e['metric']} {e['value']:.4g}" for e in lines if e["value"] is not None)
             + f"  ({'' if nfe is None else f'NFE {nfe}, '}{wall:.1f} s)")
     return results

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UserError
@@ -23,30 +24,56 @@ from .idx import load_fashion_mnist, load_mnist, read_idx
 from .mixture import ExactDenoiser, GaussianMixture, gaussian, standard_mixture
 from .toy import TOY2D_KINDS, load_gaussian, load_toy2d, sample_toy2d
 
-DATASETS: Registry[Callable[..., ImageDataset]] = Registry("dataset")
+@dataclass(frozen=True)
+class Dataset:
+    """A registered dataset: its loader and how complex its data is.
 
-DATASETS.register("digits", "scikit-learn digits: 8x8 grayscale, 1,797 images, 10 classes")(
-    load_digits_dataset
-)
-DATASETS.register("fashion-mnist", "Fashion-MNIST: 28x28 grayscale, 60k/10k, 10 classes (IDX files)")(
-    load_fashion_mnist
-)
-DATASETS.register("mnist", "MNIST: 28x28 grayscale digits, 60k/10k, 10 classes (IDX files)")(load_mnist)
-DATASETS.register("cifar10", "CIFAR-10: 32x32 RGB, 50k/10k, 10 classes (python batches)")(load_cifar10)
-DATASETS.register("image-folder", "a folder of images (e.g. FFHQ), centre-cropped and resized, RGB")(
-    load_image_folder
-)
-DATASETS.register("toy2d", "2-D points: gaussian-mixture, moons, swiss-roll, checkerboard")(load_toy2d)
-DATASETS.register("gaussian", "points from an isotropic or diagonal Gaussian in dim dimensions")(
-    load_gaussian
-)
+    load(root=, split=, resolution=, download=, **options) -> ImageDataset; its extra keyword
+        arguments are the dataset's options (dataset_options).
+    complexity: a rank for the claim "model size matters more on complex data", which compares the
+        least and the most complex dataset of a study (higher: more complex; None: unranked, placed
+        after every ranked one). 0 synthetic points, 1 small grayscale (8x8 digits), 2 28x28 grayscale
+        (MNIST, then Fashion-MNIST at 2.5: textures and shapes of clothing), 3 natural colour images
+        (CIFAR-10), 4 a folder of images (e.g. FFHQ faces at 64+ pixels).
+    """
+
+    name: str
+    load: Callable[..., ImageDataset]
+    complexity: float | None = None
+
+    def __call__(self, **kwargs: Any) -> ImageDataset:
+        return self.load(**kwargs)
+
+
+DATASETS: Registry[Dataset] = Registry("dataset")
+
+
+def register_dataset(name: str, description: str, load: Callable[..., ImageDataset],
+                     complexity: float | None = None) -> Dataset:
+    """Register `load` as dataset `name` (see :class:`Dataset`)."""
+    spec = Dataset(name, load, complexity)
+    DATASETS.register(name, description)(spec)
+    return spec
+
+
+register_dataset("digits", "scikit-learn digits: 8x8 grayscale, 1,797 images, 10 classes", load_digits_dataset,
+                 complexity=1)
+register_dataset("mnist", "MNIST: 28x28 grayscale digits, 60k/10k, 10 classes (IDX files)", load_mnist, complexity=2)
+register_dataset("fashion-mnist", "Fashion-MNIST: 28x28 grayscale, 60k/10k, 10 classes (IDX files)",
+                 load_fashion_mnist, complexity=2.5)
+register_dataset("cifar10", "CIFAR-10: 32x32 RGB, 50k/10k, 10 classes (python batches)", load_cifar10, complexity=3)
+register_dataset("image-folder", "a folder of images (e.g. FFHQ), centre-cropped and resized, RGB", load_image_folder,
+                 complexity=4)
+register_dataset("toy2d", "2-D points: gaussian-mixture, moons, swiss-roll, checkerboard", load_toy2d, complexity=0)
+register_dataset("gaussian", "points from an isotropic or diagonal Gaussian in dim dimensions", load_gaussian,
+                 complexity=0)
 
 _COMMON = ("root", "split", "resolution", "download")
 
 
 def dataset_options(name: str) -> dict[str, Any]:
     """The extra options (beyond root, split, resolution, download) dataset `name` accepts, with defaults."""
-    params = inspect.signature(DATASETS.get(name)).parameters
+    params = inspect.signature(DATASETS.get(name).load).parameters
     return {k: p.default for k, p in params.items() if k not in _COMMON}
 
 
@@ -89,6 +116,7 @@ def dataset_from_config(data: Any, split: str | None = None) -> ImageDataset:
 
 __all__ = [
     "DATASETS",
+    "Dataset",
     "TOY2D_KINDS",
     "ExactDenoiser",
     "GaussianMixture",

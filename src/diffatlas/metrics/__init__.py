@@ -9,9 +9,11 @@ The one entry point evaluation code calls is :func:`compute_metrics`:
 Every returned number is a record saying what it is: metric, value, interval, sample counts,
 extractor name and weights hash, and which direction is better.
 
-One metric needs the model rather than features: ``bpd`` (:mod:`.likelihood`, negative log-likelihood
-through the probability-flow ODE). Its registry entry is marked ``needs_model`` and takes
-(denoiser, data, labels); :func:`diffatlas.evaluate.evaluate_run` calls it per snapshot.
+Each metric is a :class:`~.spec.Metric` in :data:`METRICS` (its direction, the record names it
+yields, what it reads and what it is evidence of); :func:`~.spec.register_metric` adds one. One
+metric needs the model rather than features: ``bpd`` (:mod:`.likelihood`, negative log-likelihood
+through the probability-flow ODE), registered with ``needs_model``; it takes (denoiser, data, labels)
+and :func:`diffatlas.evaluate.evaluate_run` calls it per snapshot.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import numpy as np
 from torch import Tensor
 
 from ..errors import UserError
-from ..registry import Registry
 from .extractors import (
     EXTRACTORS,
     ClassifierExtractor,
@@ -34,6 +35,7 @@ from .extractors import (
     save_classifier,
     train_classifier,
 )
+from .spec import METRICS, Metric, higher_is_better, register_metric
 from .reference import RefKey, RefStats, load_reference_stats, reference_stats, save_reference_stats
 from .stats import (
     FrechetReference,
@@ -49,9 +51,9 @@ from .stats import (
 
 __all__ = [
     "EXTRACTORS", "METRICS", "ClassifierExtractor", "FeatureExtractor", "FrechetReference",
-    "InceptionExtractor", "RefKey", "RefStats", "StreamingMoments", "bootstrap_ci", "compute_metrics",
+    "InceptionExtractor", "Metric", "RefKey", "RefStats", "StreamingMoments", "bootstrap_ci", "compute_metrics",
     "fid_infinity", "frechet_distance", "inception_score", "kid", "load_classifier", "load_reference_stats",
-    "precision_recall", "reference_stats", "save_classifier", "save_reference_stats", "train_classifier",
+    "precision_recall", "reference_stats", "register_metric", "save_classifier", "save_reference_stats", "train_classifier",
 ]
 
 
@@ -70,8 +72,9 @@ class MetricContext:
     alpha: float
     options: dict[str, Any] = field(default_factory=dict)
 
-    def record(self, metric: str, value: float, what: str, higher_is_better: bool,
-               boot: Any = None, **extra: Any) -> dict[str, Any]:
+    def record(self, metric: str, value: float, what: str, *, boot: Any = None, **extra: Any) -> dict[str, Any]:
+        """One record of `metric` (a name its registry entry yields; the direction comes from there),
+        with the sample counts and extractor of this context and `boot`'s interval when given."""
         rec: dict[str, Any] = {
             "metric": metric,
             "value": float(value),
@@ -81,7 +84,7 @@ class MetricContext:
             "n_real": int(self.n_real),
             "extractor": self.extractor.name,
             "weights_hash": self.extractor.weights_hash,
-            "higher_is_better": higher_is_better,
+            "higher_is_better": higher_is_better(metric),
             "what": what,
         }
         if boot is not None:
@@ -100,10 +103,10 @@ class MetricContext:
 
 
 MetricFn = Callable[[MetricContext], list[dict[str, Any]]]
-METRICS: Registry[MetricFn] = Registry("metric")
 
 
-@METRICS.register("fid", "Frechet distance between Gaussian fits of real and fake features (lower is better)")
+@register_metric("fid", "Frechet distance between Gaussian fits of real and fake features (lower is better)",
+                 higher_is_better=False, role="quality")
 def _fid(ctx: MetricContext) -> list[dict[str, Any]]:
     value = ctx.reference.distance_features(ctx.fake_features)
     boot = None
@@ -111,10 +114,11 @@ def _fid(ctx: MetricContext) -> list[dict[str, Any]]:
         boot = bootstrap_ci(ctx.reference.distance_features, ctx.fake_features,
                             n_boot=ctx.n_boot, seed=ctx.seed, alpha=ctx.alpha)
     return [ctx.record("fid", value, "Frechet distance of fake vs real features (Heusel et al. 2017)",
-                       False, boot, interval_resamples="fake")]
+                       boot=boot, interval_resamples="fake")]
 
 
-@METRICS.register("is", "Inception-style score exp(E KL(p(y|x) || p(y))) of the extractor's classes (higher is better)")
+@register_metric("is", "Inception-style score exp(E KL(p(y|x) || p(y))) of the extractor's classes (higher is better)",
+                 higher_is_better=True, role="quality")
 def _is(ctx: MetricContext) -> list[dict[str, Any]]:
     splits = min(int(ctx.options.get("is_splits", 10)), ctx.fake_logits.shape[0])
     mean, std = inception_score(ctx.fake_logits, splits=splits)
@@ -123,16 +127,11 @@ def _is(ctx: MetricContext) -> list[dict[str, Any]]:
         boot = bootstrap_ci(lambda l: inception_score(l, splits)[0], ctx.fake_logits,
                             n_boot=ctx.n_boot, seed=ctx.seed, alpha=ctx.alpha)
     return [ctx.record("is", mean, f"Inception score over {ctx.extractor.num_classes} classes (Salimans et al. 2016);"
-                       " std is over splits", True, boot, std=std, splits=splits)]
+                       " std is over splits", boot=boot, std=std, splits=splits)]
 
 
-def _needs_real_features(fn: MetricFn) -> MetricFn:
-    fn.needs_real_features = True  # type: ignore[attr-defined]
-    return fn
-
-
-@METRICS.register("kid", "kernel distance, unbiased MMD^2 with a cubic polynomial kernel (lower is better)")
-@_needs_real_features
+@register_metric("kid", "kernel distance, unbiased MMD^2 with a cubic polynomial kernel (lower is better)",
+                 higher_is_better=False, role="quality", needs_real_features=True)
 def _kid(ctx: MetricContext) -> list[dict[str, Any]]:
     real = ctx.need_real_features("kid")
     subsets = int(ctx.options.get("kid_subsets", 100))
@@ -144,11 +143,11 @@ def _kid(ctx: MetricContext) -> list[dict[str, Any]]:
                             ctx.fake_features, n_boot=ctx.n_boot, seed=ctx.seed, alpha=ctx.alpha)
     m = min(size, ctx.fake_features.shape[0], real.shape[0])
     return [ctx.record("kid", mean, "kernel distance, unbiased MMD^2 (Binkowski et al. 2018); stderr over subsets",
-                       False, boot, stderr=stderr, subsets=subsets, subset_size=m, interval_resamples="fake")]
+                       boot=boot, stderr=stderr, subsets=subsets, subset_size=m, interval_resamples="fake")]
 
 
-@METRICS.register("pr", "precision and recall with k-NN manifolds, k=3 (higher is better)")
-@_needs_real_features
+@register_metric("pr", "precision and recall with k-NN manifolds, k=3 (higher is better)", higher_is_better=True,
+                 produces=("precision", "recall"), role="coverage", needs_real_features=True)
 def _pr(ctx: MetricContext) -> list[dict[str, Any]]:
     real = ctx.need_real_features("pr")
     k = int(ctx.options.get("pr_k", 3))
@@ -164,19 +163,14 @@ def _pr(ctx: MetricContext) -> list[dict[str, Any]]:
             # replacement would shrink k-NN radii through duplicates)
             boot = bootstrap_ci(lambda v: float(v.mean()), ind.astype(np.float64),
                                 n_boot=ctx.n_boot, seed=ctx.seed, alpha=ctx.alpha)
-        out.append(ctx.record(name, float(ind.mean()), what, True, boot, k=k,
+        out.append(ctx.record(name, float(ind.mean()), what, boot=boot, k=k,
                               interval_resamples="indicators"))
     return out
 
 
-def _needs_labels(fn: MetricFn) -> MetricFn:
-    fn.needs_labels = True  # type: ignore[attr-defined]
-    return fn
-
-
-@METRICS.register("class_accuracy", "fraction of samples the extractor classifies as their requested class "
-                                    "(class-conditional or guided sampling; higher is better)")
-@_needs_labels
+@register_metric("class_accuracy", "fraction of samples the extractor classifies as their requested class "
+                                  "(class-conditional or guided sampling; higher is better)",
+                 higher_is_better=True, role="class", needs_labels=True)
 def _class_accuracy(ctx: MetricContext) -> list[dict[str, Any]]:
     # options["labels"]: (N,) the class each sample was asked for (e.g. labels cycling 0..K-1);
     # accuracy = mean_i [argmax_k logits_ik == y_i], the "class accuracy" of guided sampling
@@ -197,19 +191,16 @@ def _class_accuracy(ctx: MetricContext) -> list[dict[str, Any]]:
         boot = bootstrap_ci(lambda v: float(v.mean()), hit, n_boot=ctx.n_boot, seed=ctx.seed, alpha=ctx.alpha)
     return [ctx.record("class_accuracy", float(hit.mean()),
                        f"fraction of samples the {ctx.extractor.name} extractor assigns to their requested class"
-                       f" (chance {1.0 / k:.3g})", True, boot, chance=1.0 / k, interval_resamples="indicators")]
+                       f" (chance {1.0 / k:.3g})", boot=boot, chance=1.0 / k, interval_resamples="indicators")]
 
 
-@METRICS.register("bpd", "negative log-likelihood in bits/dim through the probability-flow ODE (lower is better; "
-                         "needs the model, not features)")
+@register_metric("bpd", "negative log-likelihood in bits/dim through the probability-flow ODE (lower is better; "
+                        "needs the model, not features)", higher_is_better=False, role="likelihood", needs_model=True)
 def _bpd(denoiser: Any, x: Tensor, labels: Tensor | None = None, **kwargs: Any) -> list[dict[str, Any]]:
     """A model metric: evaluated on data x (n, *shape) by the denoiser itself (likelihood.evaluate_bpd)."""
     from .likelihood import evaluate_bpd
 
     return [evaluate_bpd(denoiser, x, labels, **kwargs)]
-
-
-_bpd.needs_model = True  # type: ignore[attr-defined]
 
 
 def compute_metrics(
@@ -246,14 +237,14 @@ def compute_metrics(
     """
     names = list(dict.fromkeys(metrics))
     fns = [METRICS.get(m) for m in names]  # unknown names fail before any work
-    model_metrics = [n for n, fn in zip(names, fns) if getattr(fn, "needs_model", False)]
+    model_metrics = [n for n, fn in zip(names, fns) if fn.needs_model]
     if model_metrics:
         raise UserError(f"metrics {model_metrics} need the model, not image features: use `diffatlas evaluate` or "
                         "diffatlas.metrics.likelihood.evaluate_bpd")
     if n_boot < 0:
         raise UserError(f"n_boot must be >= 0, got {n_boot}")
     if isinstance(real, RefStats):
-        needing = [n for n, fn in zip(names, fns) if getattr(fn, "needs_real_features", False)]
+        needing = [n for n, fn in zip(names, fns) if fn.needs_real_features]
         if needing:
             raise UserError(f"metrics {needing} need real images, not only cached statistics; pass real images")
     feats, logits = extractor.features_and_logits(fake_x)

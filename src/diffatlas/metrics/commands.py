@@ -135,7 +135,7 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
     from ..data import DATASETS
     from ..evaluate import default_classifier_dir, train_eval_classifier
 
-    options = check_options(DATASETS.get(args.dataset), _kv(args.option, "--option"), "data",
+    options = check_options(DATASETS.get(args.dataset).load, _kv(args.option, "--option"), "data",
                             skip=("root", "split", "resolution", "download"), label="--option")
     validate.writable_dir(args.out or default_classifier_dir(args.dataset, args.resolution, options), "--out")
     _, info, path = train_eval_classifier(args.dataset, root=args.root, resolution=args.resolution,

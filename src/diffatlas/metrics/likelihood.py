@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
+from .spec import higher_is_better
 
 SOLVERS = ("rk45", "heun")
 DIVERGENCES = ("auto", "exact", "hutchinson")
@@ -272,7 +273,7 @@ def evaluate_bpd(denoiser: Any, x: Tensor, labels: Tensor | None = None, *, sett
         "confidence": None,
         "stderr": float(bpd.std(ddof=1) / math.sqrt(n)) if n > 1 else None,
         "n": n,
-        "higher_is_better": False,
+        "higher_is_better": higher_is_better("bpd"),
         "what": ("negative log-likelihood in bits per dimension through the probability-flow ODE (Song et al. 2021, "
                  "app. D.2), " + ("an upper bound on the 8-bit discrete NLL by uniform dequantisation (+7 bits/dim "
                                   "discretisation, no decoder term)" if s.dequantization == "uniform"

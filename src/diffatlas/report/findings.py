@@ -14,6 +14,7 @@ import statistics as stats
 from collections.abc import Sequence
 from typing import Any
 
+from ..metrics.spec import role as metric_role
 from ..study import statistics as S
 from . import fairness as FA
 
@@ -92,7 +93,7 @@ def short_effect(v: S.Verdict) -> str:
             return f"gain {c.a} - {c.b} {c.diff:+.1%} [{c.ci[0]:+.1%}, {c.ci[1]:+.1%}]"
         return f"{c.metric} {c.a} - {c.b} {_signed(c.diff)} [{_signed(c.ci[0])}, {_signed(c.ci[1])}]"
     if v.claim == S.CLAIM_GUIDANCE and v.tests:
-        acc = [t for t in v.tests if t.metric in S.ACCURACY_METRICS and t.n_pairs]
+        acc = [t for t in v.tests if metric_role(t.metric) == "class" and t.n_pairs]
         return "; ".join(f"{t.metric} {t.a} {_signed(t.diff, 3)} [{_signed(t.ci[0], 3)}, {_signed(t.ci[1], 3)}]"
                          for t in acc) or "-"
     e = v.effect
@@ -268,7 +269,7 @@ def scale_text(res: Any) -> str:
 
 def extractor_text(res: Any) -> str:
     used = [(m, str(v)) for r in res.runs for (m, _), v in r.extractor.items()
-            if v is not None and m in S.QUALITY_METRICS + S.ACCURACY_METRICS]
+            if v is not None and metric_role(m) in ("quality", "class")]
     ex, metrics = _distinct([e for _, e in used]), _distinct([m for m, _ in used])
     if not ex:
         return "Metric: the feature extractor of FID/IS is not recorded."

@@ -104,13 +104,13 @@ def paper_layout(seeds: int = 6) -> Layout:
 
 def study_layout(study: Any, seeds: int | None = None) -> Layout:
     """The layout of a study (diffatlas.study.spec.Study); `seeds` replaces its seed count."""
-    from ..evaluate import PRODUCES
+    from ..metrics import METRICS
     from .results import setting_label
 
     settings = []
     for s in study.evaluation.samplers:
         settings.append((setting_label(s), s.get("guidance") or "none", setting_label({**s, "guidance": None})))
-    metrics = tuple(p for m in study.evaluation.metrics for p in PRODUCES.get(m, (m,)))
+    metrics = tuple(p for m in study.evaluation.metrics for p in METRICS.get(m).produces)
     guided = any(g != "none" for _, g, _ in settings)
     draws = study.evaluation.draws
     return Layout(study.name, tuple(study.combinations()), seeds or len(study.seeds), tuple(settings), metrics,

@@ -154,9 +154,9 @@ def run_work(run: RunSpec, ev: Evaluation, nfe_of: Callable[[RunSpec, dict], int
         snaps = snapshot_count(cfg)
         steps = Schedule(cfg).total
         images = steps * cfg.train.batch
-    model_metrics = tuple(m for m in ev.metrics if getattr(METRICS.get(m), "needs_model", False))
+    model_metrics = tuple(m for m in ev.metrics if METRICS.get(m).needs_model)
     feature_metrics = [m for m in ev.metrics if m not in model_metrics]
-    real = any(getattr(METRICS.get(m), "needs_real_features", False) for m in feature_metrics)
+    real = any(METRICS.get(m).needs_real_features for m in feature_metrics)
     jobs: list[Job] = []
     calls = 0
     real_images = 0
@@ -420,7 +420,7 @@ def measure_evaluation(run_dir: Path, ev: Evaluation, *, threads: int, one_offs:
         ext, feature_s, call_s, ext_hash = None, None, 0.0, None
         images = len(shape) == 3
         train_set = None
-        metrics = [m for m in ev.metrics if not getattr(METRICS.get(m), "needs_model", False)]
+        metrics = [m for m in ev.metrics if not METRICS.get(m).needs_model]
         if metrics and images:
             d = cfg.data
             t_data, train_set = _timed(lambda: _load_split(cfg, d.split))
@@ -480,7 +480,7 @@ def measure_evaluation(run_dir: Path, ev: Evaluation, *, threads: int, one_offs:
             t_ref, reference = _timed(lambda: FrechetReference(np.zeros(dim), a.T @ a / (2 * dim)))
             call_s += t_ref
             metrics_s = {}
-            real_needed = any(getattr(METRICS.get(m), "needs_real_features", False) for m in metrics)
+            real_needed = any(METRICS.get(m).needs_real_features for m in metrics)
             for n in sorted({ev.n, *ev.n_sweep, *([ev.draws["n"]] if ev.draws else [])}):
                 feats, logits = rng.standard_normal((n, dim)), rng.standard_normal((n, classes))
                 real = rng.standard_normal((min(n, len(train_set)), dim)) if real_needed else None
@@ -511,7 +511,7 @@ def measure_evaluation(run_dir: Path, ev: Evaluation, *, threads: int, one_offs:
             dataset_s, dataset_what = 0.0, ""
             if metrics:
                 notes.append(f"{', '.join(metrics)} need images; this data has samples of shape {tuple(shape)}")
-        if "bpd" in ev.metrics or any(getattr(METRICS.get(m), "needs_model", False) for m in ev.metrics):
+        if any(METRICS.get(m).needs_model for m in ev.metrics):
             notes.append("bpd (an adaptive probability-flow ODE per data point) is not included")
 
         log_s = 0.0

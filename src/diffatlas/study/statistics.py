@@ -60,11 +60,10 @@ from typing import Any
 import numpy as np
 from scipy import optimize, special
 
-# Fallback when a record does not say (+1: higher is better; -1: lower is better).
-DIRECTIONS = {"fid": -1, "kid": -1, "bpd": -1, "nll": -1, "is": +1, "precision": +1, "recall": +1,
-              "accuracy": +1, "acc": +1, "class_accuracy": +1, "cas": +1, "density": +1, "coverage": +1}
-ACCURACY_METRICS = ("class_accuracy", "accuracy", "acc", "cas")
-QUALITY_METRICS = ("fid", "kid", "is")
+from ..data import DATASETS
+from ..metrics.spec import higher_is_better
+from ..metrics.spec import role as metric_role
+
 ALPHA = 0.05
 POWER = 0.8                  # the power the smallest detectable effects refer to
 CONVERGENCE_SPREAD = 0.2     # claim 2: convergence points differ by at most this fraction of the budget
@@ -127,16 +126,11 @@ DEFINITIONS = {
 
 def direction(metric: str, records: Iterable[dict] = ()) -> int:
     """+1 if higher values of `metric` are better, -1 if lower: the records' "higher_is_better"
-    when one of them says, else :data:`DIRECTIONS` (names starting with fid/kid are lower-better)."""
+    when one of them says, else the metric registry's (a name no metric yields is then an error)."""
     for r in records:
         if r.get("metric") == metric and r.get("higher_is_better") is not None:
             return 1 if r["higher_is_better"] else -1
-    m = metric.lower()
-    if m in DIRECTIONS:
-        return DIRECTIONS[m]
-    if m.startswith(("fid", "kid")):
-        return -1
-    return +1
+    return 1 if higher_is_better(metric) else -1
 
 
 # ---- tests -----------------------------------------------------------------------------------
@@ -886,11 +880,11 @@ def claim_guidance(records: Sequence[dict], axes: Sequence[str], metrics: Sequen
     if not off:
         return Verdict(claim, UNTESTED, [f"{g} has no unguided value (none/0) to compare with"], 0, definition)
     base = off[0]
-    acc = next((m for m in metrics if m in ACCURACY_METRICS), None)
+    acc = next((m for m in metrics if metric_role(m) == "class"), None)
     if not acc:
         return Verdict(claim, UNTESTED, ["no class-accuracy metric was evaluated (add class_accuracy to "
                                          "evaluation.metrics)"], 0, definition)
-    quality = [m for m in metrics if m in QUALITY_METRICS]
+    quality = [m for m in metrics if metric_role(m) == "quality"]
     on = [v for v in vals if v not in _OFF]
     acc_c = [_compare(ix, g, v, base, acc, alpha=alpha, seed=seed, sign=+1) for v in on]
     q_c = [c for c in (_compare(ix, g, v, base, m, alpha=alpha, seed=seed) for v in on for m in quality) if c.n_pairs]
@@ -917,15 +911,12 @@ def claim_guidance(records: Sequence[dict], axes: Sequence[str], metrics: Sequen
                    INCONCLUSIVE, alpha)
 
 
-DATA_COMPLEXITY = ["toy", "gmm", "moons", "digits", "mnist", "fashion-mnist", "cifar10", "image-folder", "ffhq"]
-
-
 def _complexity(name: Any, order: list) -> tuple:
-    s = str(name)
-    for i, d in enumerate(DATA_COMPLEXITY):
-        if s == d or s.startswith(d):
-            return (i, order.index(name))
-    return (len(DATA_COMPLEXITY), order.index(name))
+    """Sort key of a data.name value: the dataset registry's complexity rank; a name that is not
+    registered or not ranked comes after the ranked ones; ties keep the study's order."""
+    spec = DATASETS.get(str(name)) if str(name) in DATASETS else None
+    rank = spec.complexity if spec is not None else None
+    return (rank is None, rank or 0.0, order.index(name))
 
 
 def claim_model_size(records: Sequence[dict], axes: Sequence[str], metrics: Sequence[str], size_order: Sequence[Any] | None = None,
