@@ -352,7 +352,7 @@ def sampler_options(sampler: str, given: dict, label: str = "--option") -> dict:
         if given:
             raise UserError(f"sampler {sampler!r} differs between processes: options need a named sampler")
         return {}
-    return check_options(SAMPLERS.get(sampler), given, "sample", skip=SAMPLER_CALL_ARGS, label=label)
+    return check_options(SAMPLERS.get(sampler).fn, given, "sample", skip=SAMPLER_CALL_ARGS, label=label)
 
 
 def resolve(cfg: Config) -> Config:
@@ -399,7 +399,7 @@ def _resolve_registries(cfg: Config, dyn: Any) -> Config:
     from .schedules import GRIDS
 
     d = cfg.data
-    data_opts = check_options(DATASETS.get(d.name), d.options, "data", skip=("root", "split", "resolution", "download"),
+    data_opts = check_options(DATASETS.get(d.name).load, d.options, "data", skip=("root", "split", "resolution", "download"),
                               fields_too=_own_keys(DataConfig))
     if d.split not in DATA_SPLITS:
         raise UserError(f"data.split must be one of {', '.join(DATA_SPLITS)}, got {d.split!r}")
@@ -409,7 +409,7 @@ def _resolve_registries(cfg: Config, dyn: Any) -> Config:
                              fields_too=_own_keys(NetworkConfig))
     s = cfg.sample
     sampler = resolve_sampler(dyn, s.sampler)
-    sample_opts = check_options(SAMPLERS.get(sampler), s.options, "sample", skip=SAMPLER_CALL_ARGS,
+    sample_opts = check_options(SAMPLERS.get(sampler).fn, s.options, "sample", skip=SAMPLER_CALL_ARGS,
                                 fields_too=_own_keys(SampleConfig))
     if s.grid != "auto":
         GRIDS.get(s.grid)

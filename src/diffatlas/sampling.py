@@ -20,7 +20,8 @@ from .errors import UserError
 from .io import atomic_write
 from .registry import UnknownNameError
 from .model import make_denoiser, make_dynamics, make_network
-from .samplers.clip import clip_denoiser, resolve_clip
+from .samplers.api import sample
+from .samplers.clip import resolve_clip
 from .samplers.plan import Plan, grid_times, plan_sampling, resolve_sampler
 
 def run_plan(cfg: Config, dynamics: Dynamics, *, sampler: str | None = None, steps: int | None = None,
@@ -109,27 +110,16 @@ def load_run(run_dir: str | Path, snapshot: str | float | None = None, *, ema: b
 def generate(denoiser, shape: tuple[int, ...], seeds: list[int], *, sampler: str, grid: str, steps: int,
              cond: Tensor | None = None, options: dict[str, Any] | None = None, clip: str = "none",
              batch: int = 256, device: str | torch.device = "cpu") -> tuple[Tensor, int]:
-    """Samples (len(seeds), *shape) with per-sample seeds; sample i uses seeds[i] for its prior draw and
-    its sampler noise, so results do not depend on the batch size. `clip` (samplers.clip; "auto"
-    resolved by `shape`) acts on the denoiser's x0 estimate. Returns (samples, NFE per sample)."""
-    from .samplers import SAMPLERS
-    from .samplers.api import prior_from_seeds
-
-    fn = SAMPLERS.get(sampler)
-    dyn = denoiser.dynamics
-    ts = grid_times(grid, dyn, steps).to(device)
-    den = clip_denoiser(denoiser, resolve_clip(clip, shape))
-    outs, nfe = [], 0
-    for start in range(0, len(seeds), batch):
-        chunk = seeds[start:start + batch]
-        x = prior_from_seeds(dyn, (len(chunk),) + tuple(shape), chunk, device=device)
-        gen = torch.Generator(device=device).manual_seed(int(chunk[0]) * 1_000_003 + len(chunk))
-        c = cond[start:start + batch].to(device) if cond is not None else None
-        with torch.no_grad():
-            res = fn(den, x, ts, generator=gen, cond=c, **(options or {}))
-        outs.append(res.x.float().cpu())
-        nfe = res.nfe
-    return torch.cat(outs), nfe
+    """Samples (len(seeds), *shape) of a resolved setting (sampler, grid, steps, options as planned),
+    in chunks of `batch`, by samplers.sample: sample i is a function of seeds[i] alone (its prior and its
+    sampler noise, samplers.base.NOISE_STREAM), so results do not depend on the batch size. `clip`
+    (samplers.clip; "auto" resolved by `shape`) acts on the denoiser's x0 estimate. Returns (samples on
+    the CPU in float32, NFE per sample)."""
+    ts = grid_times(grid, denoiser.dynamics, steps)
+    with torch.no_grad():
+        res = sample(denoiser, (len(seeds), *shape), sampler=sampler, grid=ts, clip=clip, seeds=seeds, cond=cond,
+                     device=device, batch=batch, **(options or {}))
+    return res.x.float().cpu(), res.nfe
 
 
 def grid_image(x: Tensor, nrow: int | None = None) -> np.ndarray:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import zlib
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
 from ..errors import UserError
-from .base import SAMPLERS, SampleResult
+from .base import SAMPLERS, SampleResult, SeedNoise
 from .clip import clip_denoiser, resolve_clip
 from .plan import plan_sampling, resolve_sampler
 
@@ -29,7 +28,7 @@ def sample(denoiser: Any, shape: Sequence[int], *, sampler: str = "heun", steps:
            nfe: int | None = None, grid: str | Tensor | None = None, clip: str = "auto", seed: int = 0,
            seeds: Sequence[int] | None = None,
            cond: Tensor | None = None, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-           denoise_final: bool = True, **options: Any) -> SampleResult:
+           denoise_final: bool = True, batch: int | None = None, **options: Any) -> SampleResult:
     """Draw samples from a denoiser in one call.
 
     Args:
@@ -41,11 +40,15 @@ def sample(denoiser: Any, shape: Sequence[int], *, sampler: str = "heun", steps:
             spent by the sampler's own plan; neither: the default (samplers.plan.plan_sampling).
         grid: a GRIDS name, an explicit decreasing time tensor, or None for the default ("logsnr").
         clip: x0 clipping, "auto" (static for (C, H, W) images), "none", "static", "dynamic:P" (samplers.clip).
-        seed, seeds: sample i starts from the prior drawn with seeds[i] (default seed + i), so two
-            samplers given the same seeds start from identical noise; the samplers' own noise comes from
-            a generator seeded by a checksum of all seeds.
+        seed, seeds: sample i is drawn with seeds[i] (default seed + i) alone (samplers.base.NOISE_STREAM):
+            its prior from a generator seeded seeds[i], its sampler noise from one seeded seeds[i] +
+            NOISE_STREAM, both on the CPU. So two samplers given the same seeds start from identical
+            noise, and a sample does not depend on the batch it is drawn in, the other seeds or the
+            device (beyond the rounding of batched network evaluation; pc's corrector, whose step size is
+            a batch average by design, is the one exception).
         cond: (N,) labels or None. options: the sampler's options (eta, S_churn, ...); a budget's plan
             may set some (pc's corrector_steps, langevin's n_steps_each) unless given here.
+        batch: samples per sampler call (None: all N at once); the chunks' results are concatenated.
     Returns:
         SampleResult(x (N, *sample_shape), nfe).
     """
@@ -64,6 +67,16 @@ def sample(denoiser: Any, shape: Sequence[int], *, sampler: str = "heun", steps:
         sampler, ts, options = plan.sampler, plan.times(dynamics), plan.options
     fn = SAMPLERS.get(sampler)
     denoiser = clip_denoiser(denoiser, resolve_clip(clip, shape[1:]))
-    x = prior_from_seeds(dynamics, shape, seeds, dtype=dtype, device=device)
-    gen = torch.Generator(device=device).manual_seed(zlib.crc32(repr(seeds).encode()))
-    return fn(denoiser, x, ts, generator=gen, cond=cond, denoise_final=denoise_final, **options)
+    ts = ts.to(device)
+    size = len(seeds) if batch is None else int(batch)
+    if size < 1:
+        raise UserError(f"batch must be >= 1 samples, got {batch}")
+    outs, nfe = [], 0
+    for start in range(0, len(seeds), size):
+        chunk = seeds[start:start + size]
+        x = prior_from_seeds(dynamics, (len(chunk), *shape[1:]), chunk, dtype=dtype, device=device)
+        c = cond[start:start + size].to(device) if cond is not None else None
+        res = fn(denoiser, x, ts, generator=SeedNoise(chunk), cond=c, denoise_final=denoise_final, **options)
+        outs.append(res.x)
+        nfe = res.nfe
+    return SampleResult(outs[0] if len(outs) == 1 else torch.cat(outs), nfe)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import Any, Callable, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -35,8 +35,6 @@ class SampleResult:
     x: Tensor
     nfe: int
 
-
-SAMPLERS: Registry = Registry("sampler")
 
 Sampler = Callable[..., SampleResult]
 # steps_for_nfe(nfe, options, max_steps) -> (grid points, options): how a sampler spends an NFE budget
@@ -58,18 +56,35 @@ DEFAULT_GRID = "logsnr"
 Kind = Union[str, Callable[[dict], str]]
 
 
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A registered sampler: the function (its keyword arguments beyond SAMPLER_CALL_ARGS are its
+    options, with their defaults), how it spends an NFE budget (`steps_for_nfe`), its preferred grid
+    (None: DEFAULT_GRID), the resolver that makes its grid-dependent defaults explicit (None: none)
+    and its kind for reports. Calling the spec calls the function."""
+
+    name: str
+    fn: Sampler
+    steps_for_nfe: StepPlan
+    grid: str | None = None
+    resolve: Resolve | None = None
+    kind: Kind = "unknown"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> SampleResult:
+        return self.fn(*args, **kwargs)
+
+
+SAMPLERS: Registry[SamplerSpec] = Registry("sampler")
+
+
 def register_sampler(name: str, description: str, steps_for_nfe: StepPlan,
                      grid: str | None = None, resolve: Resolve | None = None,
                      kind: Kind = "unknown") -> Callable[[Sampler], Sampler]:
-    """Register a sampler; attach its NFE plan as `fn.steps_for_nfe`, its preferred grid (or None for
-    DEFAULT_GRID) as `fn.grid`, its option resolver (or None) as `fn.resolve` and its kind as `fn.kind`."""
+    """Register the decorated sampler function as `name` (a :class:`SamplerSpec` with these fields);
+    the function itself is returned unchanged."""
     def add(fn: Sampler) -> Sampler:
-        fn.kind = kind  # type: ignore[attr-defined]
-        fn.steps_for_nfe = steps_for_nfe  # type: ignore[attr-defined]
-        fn.grid = grid  # type: ignore[attr-defined]
-        fn.resolve = resolve  # type: ignore[attr-defined]
-        fn.sampler_name = name  # type: ignore[attr-defined]
-        return SAMPLERS.register(name, description)(fn)
+        SAMPLERS.register(name, description)(SamplerSpec(name, fn, steps_for_nfe, grid, resolve, kind))
+        return fn
     return add
 
 
@@ -235,8 +250,43 @@ class CountingDenoiser:
         return self.denoiser(x, tt, self.cond)
 
 
-def noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Standard normal noise shaped like x, drawn from `generator` (the global RNG if None)."""
+# The seeding rule of every sampling call that is given seeds (samplers.sample, sampling.generate):
+# sample i's prior comes from torch.Generator().manual_seed(seeds[i]) and its sampler noise from
+# torch.Generator().manual_seed(seeds[i] + NOISE_STREAM), both drawn on the CPU, so a sample is a
+# function of its own seed: not of the batch it is drawn in, the other seeds, or the device. One
+# exception is the algorithm's own: pc's Langevin corrector takes one step size for the batch (a
+# batch average, as in the reference code), so a pc sample with correctors depends on its batch.
+NOISE_STREAM = 1 << 40
+
+
+class SeedNoise:
+    """Per-sample noise streams for a stochastic sampler, passed as its `generator`: row i of every
+    draw comes from sample i's own generator (seeded seeds[i] + NOISE_STREAM), on the CPU in the
+    requested dtype, then moved to the device. `chunk(a, b)` continues rows a..b-1's streams."""
+
+    def __init__(self, seeds: Sequence[int]) -> None:
+        self.generators = [torch.Generator().manual_seed(int(s) + NOISE_STREAM) for s in seeds]
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def chunk(self, start: int, stop: int) -> SeedNoise:
+        part = SeedNoise(())
+        part.generators = self.generators[start:stop]
+        return part
+
+    def randn(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device | str) -> Tensor:
+        if shape[0] != len(self.generators):
+            raise ValueError(f"noise for {shape[0]} samples asked of {len(self.generators)} per-sample streams")
+        rows = [torch.randn((1, *shape[1:]), generator=g, dtype=dtype) for g in self.generators]
+        return torch.cat(rows).to(device)
+
+
+def noise_like(x: Tensor, generator: torch.Generator | SeedNoise | None) -> Tensor:
+    """Standard normal noise shaped like x, drawn from `generator` (the global RNG if None; per
+    sample for a SeedNoise)."""
+    if isinstance(generator, SeedNoise):
+        return generator.randn(x.shape, x.dtype, x.device)
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
