@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -30,7 +29,9 @@ from diffatlas.guidance import (
     train_noisy_classifier,
     untrained_classifier,
 )
+from diffatlas.config import load_config
 from diffatlas.networks import build_network
+from diffatlas.rundir import RunInfo
 from diffatlas.samplers import sample
 
 K = 4
@@ -222,13 +223,12 @@ def test_classifier_guidance_raises_the_guiding_classifier_log_prob(digits_class
 
 # ---- the sample CLI's arguments -------------------------------------------------------------------------
 
-def _fake_run(tmp_path: Path, conditional: bool, label_dropout: float = 0.1) -> SimpleNamespace:
+def _fake_run(tmp_path: Path, conditional: bool, label_dropout: float = 0.1) -> RunInfo:
     run_dir = tmp_path / "run"
     (run_dir / "snapshots" / "snapshot-1").mkdir(parents=True, exist_ok=True)
     (run_dir / "dataset.json").write_text(json.dumps({"name": "digits", "shape": [1, 8, 8], "num_classes": 10}))
-    cfg = SimpleNamespace(train=SimpleNamespace(label_dropout=label_dropout))
-    return SimpleNamespace(num_classes=10 if conditional else None, shape=(1, 8, 8), cfg=cfg,
-                           snapshot=run_dir / "snapshots" / "snapshot-1")
+    cfg = load_config(None, [f"train.label_dropout={label_dropout}", f"network.conditional={str(conditional).lower()}"])
+    return RunInfo(cfg, (1, 8, 8), 10 if conditional else None, run_dir / "snapshots" / "snapshot-1")
 
 
 def _one_line_error(fn, match: str) -> str:
@@ -259,7 +259,7 @@ def test_guidance_from_args_labels_and_wrappers(tmp_path: Path) -> None:
     assert wrap is None and labels.dtype == torch.long and labels.tolist() == [i % 10 for i in range(13)]
     labels, wrap = guidance_from_args(unc, 7, "classifier:2.5", "untrained:3", 5, "cpu")
     assert labels.tolist() == [7] * 5
-    den = SimpleNamespace(dynamics=build_dynamics("vp"))
+    den = ExactDenoiser(standard_mixture(2), build_dynamics("vp"))
     g = wrap(den)
     assert isinstance(g, ClassifierGuidedDenoiser) and g.scale == 2.5 and not g.pass_cond and g.dynamics is den.dynamics
     _, wrap = guidance_from_args(cond, 1, "cfg:3", None, 5, "cpu")

@@ -105,14 +105,15 @@ def _parse_options(items: list[str]) -> dict:
 def cmd_sample(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .checkpoint import read_dataset_info
-    from .io import atomic_write, atomic_write_json
     from .config import sampler_options
-    from .sampling import load_run, read_run_config, sample_run, save_image_grid
+    from .io import atomic_write, atomic_write_json
+    from .rundir import RunDir
+    from .sampling import load_run, sample_run, save_image_grid
 
     # everything checked before any work: the run, the request's size and seeds, the options, the output place
-    cfg = read_run_config(args.run)
-    shape = tuple(read_dataset_info(args.run)["shape"])
+    rd = RunDir(args.run)
+    cfg = rd.config()
+    shape = rd.dataset().shape
     validate.seeds(args.seed, args.n)
     per = 4 * math.prod(shape) * 3  # the samples, the grid image and the .npz copy
     validate.memory(per * args.n, f"--n {args.n} samples of shape {shape}", "cpu", per, "samples")

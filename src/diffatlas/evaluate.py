@@ -48,16 +48,16 @@ import torch
 from torch import Tensor
 
 from . import validate
-from .checkpoint import list_snapshots, load_meta, read_dataset_info
+from .checkpoint import list_snapshots, load_meta
 from .data import dataset_from_config, load_dataset
 from .errors import UserError
 from .io import append_jsonl, atomic_write, atomic_write_json, atomic_write_text, build_once, cache_root, read_jsonl
+from .rundir import METRICS_FILE, RunDir, RunInfo
 from .samplers.clip import resolve_clip
 from .samplers.plan import request_label
 from .sampling import generate, load_run, read_run_config, run_plan
 from .tensorboard_log import log_evaluation
 
-METRICS_FILE = "metrics.jsonl"
 # What identifies an evaluation entry: an entry with the same values is not computed again.
 KEY_FIELDS = ("kimg", "metric", "setting", "sampler", "grid", "steps", "options", "clip", "nfe_budget", "guidance",
               "guidance_classifier", "n", "extractor", "extractor_hash", "seed")
@@ -311,8 +311,8 @@ def _check_metrics(metrics: str | Iterable[str]) -> list[str]:
 
 
 def _dataset_info(run_dir: Path) -> tuple[tuple[int, ...], int | None]:
-    info = read_dataset_info(run_dir)
-    return tuple(info["shape"]), info["num_classes"]
+    d = RunDir(run_dir).dataset()
+    return d.shape, d.num_classes
 
 
 def _check_request(run_dir: Path, shape: tuple[int, ...], n: int, seed: int) -> None:
@@ -460,8 +460,6 @@ def _guidance_classifier(run_dir: Path, cfg: Any, shape: tuple[int, ...], k: int
     """The noise-aware classifier of classifier guidance and its identity (weights hash). Default:
     RUN/noisy-classifier when a run has its own, else the shared one of its dataset and process
     (default_noisy_classifier_dir), trained there first when absent."""
-    from types import SimpleNamespace
-
     from .guidance import resolve_classifier
     from .metrics.extractors import state_dict_hash
 
@@ -473,8 +471,7 @@ def _guidance_classifier(run_dir: Path, cfg: Any, shape: tuple[int, ...], k: int
             classifier_dir = default_noisy_classifier_dir(cfg)
             if not classifier_dir.is_dir():
                 _train_shared_noisy_classifier(run_dir, classifier_dir, device, log)
-    probe = SimpleNamespace(shape=shape, num_classes=k, snapshot=snapshot, cfg=cfg)
-    clf = resolve_classifier(probe, classifier_dir, device)
+    clf = resolve_classifier(RunInfo(cfg, shape, k, snapshot), classifier_dir, device)
     return clf, state_dict_hash(clf.state_dict())
 
 
@@ -592,8 +589,7 @@ def evaluate_run(
     _check_request(run_dir, shape, n, seed)
     conditional = bool(cfg.network.conditional)
     if parsed is not None and parsed[0] == "cfg":  # fail before any work: cfg needs a conditional run
-        from types import SimpleNamespace
-        make_guidance(SimpleNamespace(num_classes=k if conditional else None, cfg=cfg), *parsed)
+        make_guidance(RunInfo(cfg, shape, k if conditional else None), *parsed)
 
     ext = _load_extractor(extractor, cfg, extractor_path, dev, log) if feature_metrics else None
     labelled = k is not None

@@ -12,14 +12,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .checkpoint import list_snapshots, load_meta, load_weights, read_dataset_info, snapshot_mismatch
-from .config import Config, from_dict
+from .checkpoint import list_snapshots, load_meta, load_weights, snapshot_mismatch
+from .config import Config
 from .denoiser import Denoiser
 from .dynamics import Dynamics
 from .errors import UserError
 from .io import atomic_write
-from .registry import UnknownNameError
 from .model import make_denoiser, make_dynamics, make_network
+from .rundir import RunDir
 from .samplers.api import sample
 from .samplers.clip import resolve_clip
 from .samplers.plan import Plan, grid_times, plan_sampling, resolve_sampler
@@ -52,22 +52,8 @@ class LoadedRun:
 
 
 def read_run_config(run_dir: str | Path) -> Config:
-    """The resolved config a run was trained with (RUN/config.yaml), checked like any config."""
-    from .config import resolve
-    from .io import read_yaml
-
-    run_dir = Path(run_dir)
-    path = run_dir / "config.yaml"
-    if not run_dir.is_dir() or not (path.exists() or path.is_symlink()):
-        raise UserError(f"{str(run_dir)!r} is not a run directory (no config.yaml)")
-    fix = "restore it (a study's runs have theirs in the study ledger) or train a new run"
-    data = read_yaml(path, "run config", fix)
-    if not isinstance(data, dict):
-        raise UserError(f"run config {str(path)!r} is not a mapping of config sections; {fix}")
-    try:
-        return resolve(from_dict(data))  # checked like any config; a saved config is already resolved
-    except (UserError, UnknownNameError) as e:
-        raise UserError(f"run config {str(path)!r}: {e}; {fix}") from None
+    """The resolved config a run was trained with: RunDir(run_dir).config()."""
+    return RunDir(run_dir).config()
 
 
 def pick_snapshot(run_dir: str | Path, snapshot: str | float | None = None) -> Path:
@@ -91,11 +77,12 @@ def pick_snapshot(run_dir: str | Path, snapshot: str | float | None = None) -> P
 def load_run(run_dir: str | Path, snapshot: str | float | None = None, *, ema: bool = True,
              device: str | torch.device = "cpu") -> LoadedRun:
     """The denoiser of a run's snapshot (EMA weights by default), in eval mode."""
-    cfg = read_run_config(run_dir)
+    rd = RunDir(run_dir)
+    cfg = rd.config()
     snap = pick_snapshot(run_dir, snapshot)
     meta = load_meta(snap)
-    info = read_dataset_info(run_dir)
-    shape, num_classes = tuple(info["shape"]), info["num_classes"]
+    data = rd.dataset()
+    shape, num_classes = data.shape, data.num_classes
     net = make_network(cfg, shape, num_classes)
     weights = load_weights(snap, "ema" if ema else "model")
     try:

@@ -30,22 +30,23 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 def cmd_guidance_sweep(args: argparse.Namespace) -> int:
     import math
 
-    from ..checkpoint import read_dataset_info
     from ..evaluate import evaluation_classifier
-    from ..sampling import read_run_config
+    from ..rundir import RunDir
     from .spec import GUIDANCE
     from .sweep import guidance_sweep
 
     GUIDANCE.get(args.kind)
     scales = validate.number_list(args.scales, "--scales", validate.NON_NEGATIVE)
-    cfg = read_run_config(args.run)
-    info = read_dataset_info(args.run)
-    if not info["num_classes"]:
+    rd = RunDir(args.run)
+    cfg = rd.config()
+    data = rd.dataset()
+    k = data.num_classes
+    if not k:
         raise UserError("a guidance sweep needs a labelled dataset; this run's dataset has no classes")
-    n = args.n_per_class * info["num_classes"]
+    n = args.n_per_class * k
     validate.seeds(args.seed, n)
-    per = 4 * math.prod(info["shape"]) * 3
-    validate.memory(per * n, f"{n} samples ({args.n_per_class} per class)", "cpu", per * info["num_classes"],
+    per = 4 * math.prod(data.shape) * 3
+    validate.memory(per * n, f"{n} samples ({args.n_per_class} per class)", "cpu", per * k,
                     "samples per class")
     out = Path(args.out) if args.out else Path(args.run) / f"guidance-{args.kind}"
     validate.writable_dir(out, "--out")

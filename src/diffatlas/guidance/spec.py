@@ -54,12 +54,12 @@ def dataset_num_classes(run: Any) -> int | None:
     """Number of classes of a loaded run's dataset (from its dataset.json), None if unlabelled."""
     if getattr(run, "num_classes", None):
         return int(run.num_classes)
-    from ..checkpoint import read_dataset_info
+    from ..rundir import RunDir
 
     d = _run_dir(run)
-    if d is None or not (d / "dataset.json").exists():
+    if d is None or not RunDir(d).dataset_file.exists():
         return None
-    k = read_dataset_info(d)["num_classes"]
+    k = RunDir(d).dataset().num_classes
     return int(k) if k else None
 
 

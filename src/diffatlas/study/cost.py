@@ -372,8 +372,8 @@ def measure_evaluation(run_dir: Path, ev: Evaluation, *, threads: int, one_offs:
     from ..metrics.reference import RefKey, default_cache_dir
     from ..metrics.stats import FrechetReference
     from .. import validate
-    from ..checkpoint import read_dataset_info
-    from ..sampling import generate, load_run, read_run_config, run_plan
+    from ..rundir import RunDir
+    from ..sampling import generate, load_run, run_plan
     from ..tensorboard_log import log_evaluation
 
     t_start = time.perf_counter()
@@ -381,11 +381,11 @@ def measure_evaluation(run_dir: Path, ev: Evaluation, *, threads: int, one_offs:
     torch.set_num_threads(max(1, int(threads)))
     notes: list[str] = []
     try:
-        cfg = read_run_config(run_dir)
+        cfg = RunDir(run_dir).config()
         dev = torch.device(validate.device("auto"))  # where evaluate_run samples, as the study runner calls it
         run = load_run(run_dir, None, device=dev)
         load_s = _median_time(lambda: load_run(run_dir, None, device=dev), budget_s=0.5)
-        shape, k = run.shape, read_dataset_info(run_dir)["num_classes"]  # the dataset's classes, as evaluate_run
+        shape, k = run.shape, RunDir(run_dir).dataset().num_classes  # the dataset's classes, as evaluate_run
         dyn = run.denoiser.dynamics
         steps = sample_steps if dyn.steps is None else max(1, min(sample_steps, int(dyn.steps)))
         plan = run_plan(cfg, dyn, sampler="ddim", steps=steps)

@@ -288,15 +288,14 @@ class Study:
 
     def _check_guidance(self, cfg: Any, where: str) -> None:
         """Classifier-free guidance in the evaluation plan needs a conditional run: refused now, not after training."""
-        from types import SimpleNamespace
-
         from ..guidance import make_guidance, parse_guidance_spec
+        from ..rundir import RunInfo
 
         for j, setting in enumerate(self.evaluation.samplers):
             parsed = parse_guidance_spec(setting.get("guidance"))
             if parsed is None or parsed[0] != "cfg":
                 continue
-            probe = SimpleNamespace(num_classes=1 if cfg.network.conditional else None, cfg=cfg)
+            probe = RunInfo(cfg, (), 1 if cfg.network.conditional else None)  # before training: no shape yet
             try:
                 make_guidance(probe, *parsed)
             except UserError as e:
