@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from diffatlas.checkpoint import list_snapshots
 from diffatlas.cli import main
-from diffatlas.evaluate import read_metrics
+from diffatlas.evaluation import read_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -148,7 +148,7 @@ def test_killed_while_appending_a_tick_leaves_no_torn_line(reference, tmp_path) 
 
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory) -> Path:
-    from diffatlas.evaluate import train_eval_classifier
+    from diffatlas.metrics.eval_classifier import train_eval_classifier
 
     path = tmp_path_factory.mktemp("clf") / "clf"
     train_eval_classifier("digits", out_dir=path, epochs=1, device="cpu", log=None)

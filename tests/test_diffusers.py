@@ -13,7 +13,8 @@ import yaml
 diffusers = pytest.importorskip("diffusers", reason="diffusers is not installed (pip install 'diffatlas[diffusers]'); "
                                                     "the import/export tests need it")
 
-import diffatlas.evaluate as E  # noqa: E402
+import diffatlas.evaluation as E
+from diffatlas.metrics.eval_classifier import default_classifier_dir  # noqa: E402
 from diffatlas.checkpoint import save_snapshot  # noqa: E402
 from diffatlas.cli import main  # noqa: E402
 from diffatlas.config import dump_yaml, load_config  # noqa: E402
@@ -47,7 +48,7 @@ def cache(tmp_path_factory):
         x, y = tr.get_batch(torch.arange(len(tr)))
         xt, yt = te.get_batch(torch.arange(len(te)))
         ext, info = train_classifier(x[:256], y[:256], xt[:64], yt[:64], epochs=1, seed=0, dataset="digits")
-        save_classifier(E.default_classifier_dir("digits"), ext, info)  # a feature extractor, its accuracy aside
+        save_classifier(default_classifier_dir("digits"), ext, info)  # a feature extractor, its accuracy aside
         yield root
 
 

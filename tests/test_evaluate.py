@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-import diffatlas.evaluate as E
+import diffatlas.evaluation as E
+import diffatlas.evaluation.inputs as EI
+import diffatlas.metrics.eval_classifier as EC
+from diffatlas.sampling import read_run_config
 from diffatlas.cli import main
 from diffatlas.data import load_dataset
 from diffatlas.errors import UserError
@@ -104,7 +107,7 @@ def test_evaluate_is_deterministic_and_never_duplicates(run, clf_dir, evaluated,
 def test_interrupted_evaluation_resumes_without_recomputing(run, clf_dir, evaluated, tmp_path, monkeypatch):
     d = _copy(run, tmp_path / "run")
     n_snaps = len(E.select_snapshots(run))
-    real_generate = E.generate
+    real_generate = EI.generate
     calls = {"generate": 0, "extract": 0}
 
     def dying_generate(*a, **k):
@@ -113,7 +116,7 @@ def test_interrupted_evaluation_resumes_without_recomputing(run, clf_dir, evalua
             raise KeyboardInterrupt  # killed while sampling the second snapshot
         return real_generate(*a, **k)
 
-    monkeypatch.setattr(E, "generate", dying_generate)
+    monkeypatch.setattr(EI, "generate", dying_generate)
     with pytest.raises(KeyboardInterrupt):
         E.evaluate_run(d, metrics=("fid", "is", "class_accuracy"), extractor_path=clf_dir, **SETTING)
     assert len(_lines(d)) == 3  # the first snapshot only, all of its metrics
@@ -128,7 +131,7 @@ def test_interrupted_evaluation_resumes_without_recomputing(run, clf_dir, evalua
         calls["extract"] += 1
         return real_fl(self, x)
 
-    monkeypatch.setattr(E, "generate", counting_generate)
+    monkeypatch.setattr(EI, "generate", counting_generate)
     monkeypatch.setattr(ClassifierExtractor, "features_and_logits", counting_fl)
     calls.update(generate=0, extract=0)
     out = E.evaluate_run(d, metrics=("fid", "is", "class_accuracy"), extractor_path=clf_dir, **SETTING)
@@ -218,7 +221,7 @@ def test_cli_train_classifier_default_dir_and_noisy(run, cache, tmp_path, capsys
     rc, out, _ = _cli(capsys, "train-classifier", "digits", "--epochs", "1")
     assert rc == 0 and "test accuracy" in out
     path = cache / "classifiers" / "digits-0"
-    assert E.default_classifier_dir("digits") == path
+    assert EC.default_classifier_dir("digits") == path
     ext = load_classifier(path)
     assert ext.num_classes == 10 and ext.info["epochs"] == 1 and 0.0 <= ext.info["test_accuracy"] <= 1.0
     assert str(path) in out
@@ -229,13 +232,13 @@ def test_cli_train_classifier_default_dir_and_noisy(run, cache, tmp_path, capsys
 
 def test_evaluate_auto_trains_the_evaluation_classifier_once(run, tmp_path, monkeypatch):
     monkeypatch.setenv("DIFFATLAS_CACHE", str(tmp_path / "cache"))
-    real, trained, said = E.train_eval_classifier, [], []
+    real, trained, said = EC.train_eval_classifier, [], []
 
     def quick(*a, **k):  # one epoch keeps the test fast; otherwise the real training
         trained.append(1)
         return real(*a, **{**k, "epochs": 1})
 
-    monkeypatch.setattr(E, "train_eval_classifier", quick)
+    monkeypatch.setattr(EC, "train_eval_classifier", quick)
     d = _copy(run, tmp_path / "run")
     setting = {**SETTING, "log": said.append}
     a = E.evaluate_run(d, metrics=("fid",), snapshots="last", **setting)
@@ -292,10 +295,10 @@ def test_default_guidance_classifier_is_trained_once_per_dataset_and_process(run
     kw = {**SETTING, "n": 8, "metrics": "fid", "snapshots": "last", "extractor_path": clf_dir, "guidance": "classifier:1"}
     ea, eb = E.evaluate_run(a, **kw), E.evaluate_run(b, **kw)
     assert len(calls) == 1 and ea[0]["guidance_classifier"] == eb[0]["guidance_classifier"]
-    shared = E.default_noisy_classifier_dir(E.read_run_config(a))
+    shared = E.default_noisy_classifier_dir(read_run_config(a))
     assert shared.is_dir() and calls[0] == shared.parent and not (a / E.NOISY_CLASSIFIER_DIR).exists()
     assert not [p for p in shared.parent.iterdir() if p.name.startswith(".tmp-")]
-    cfg = E.read_run_config(a)
+    cfg = read_run_config(a)
     import dataclasses
     other = dataclasses.replace(cfg, dynamics=dataclasses.replace(cfg.dynamics, name="ncsn", options={}))
     assert E.default_noisy_classifier_dir(other) != shared

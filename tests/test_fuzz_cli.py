@@ -82,7 +82,7 @@ def tree(root: Path) -> dict[str, tuple]:
 def bases(tmp_path_factory) -> dict[str, Path]:
     """A trained tiny run (with a metrics log), an evaluation classifier and a study output folder."""
     from diffatlas.config import load_config
-    from diffatlas.evaluate import train_eval_classifier
+    from diffatlas.metrics.eval_classifier import train_eval_classifier
     from diffatlas.study.runner import Runner
     from diffatlas.study.spec import study_from_dict
     from diffatlas.train import train

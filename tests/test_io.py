@@ -107,7 +107,7 @@ def test_a_folder_already_published_is_kept_or_replaced_as_asked(tmp_path: Path,
 
 def test_every_cache_is_under_one_root(monkeypatch, tmp_path: Path) -> None:
     from diffatlas.data import load_dataset
-    from diffatlas.evaluate import default_classifier_dir
+    from diffatlas.metrics.eval_classifier import default_classifier_dir
     from diffatlas.metrics import reference
 
     monkeypatch.setenv("DIFFATLAS_CACHE", "")  # empty is unset, not the working directory

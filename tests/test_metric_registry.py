@@ -14,7 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_study import FAKE_STUDY, fake_work, no_resolve  # noqa: E402
 
-from diffatlas import evaluate as E  # noqa: E402
+from diffatlas import evaluation as E  # noqa: E402
 from diffatlas.data import load_dataset  # noqa: E402
 from diffatlas.metrics import METRICS, MetricContext, register_metric, save_classifier, train_classifier  # noqa: E402
 from diffatlas.report import write_report  # noqa: E402
@@ -72,6 +72,6 @@ def test_a_new_metric_drives_a_study_its_verdicts_and_its_report(top_logit, tmp_
     Runner(study_from_dict(d), out, work=fake_work, resolve=no_resolve).run()
     write_report(out, samples=0)
     text = (out / "report.md").read_text()
-    assert "top_logit (lower better)" in text
+    assert "| top\\_logit (lower better) |" in text   # the results table's header (Markdown-escaped)
     row = next(line for line in text.splitlines() if line.startswith("| DDPM-based beats NCSN-based (discrete"))
     assert "contradicted" in row, row

@@ -272,7 +272,7 @@ def test_study_plan_warns_per_claim(tmp_path, capsys):
 # ---- independent draws: from the study file through the runner to the records --------------------
 
 def test_draws_are_evaluated_on_disjoint_seeds_and_read_apart_from_the_curves(tmp_path, monkeypatch):
-    import diffatlas.evaluate as E
+    import diffatlas.evaluation as E
     import diffatlas.train as T
     from diffatlas.errors import UserError
     from diffatlas.study.results import load_results

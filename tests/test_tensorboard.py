@@ -15,7 +15,7 @@ pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip ins
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer  # noqa: E402
 
-import diffatlas.evaluate as E  # noqa: E402
+import diffatlas.evaluation as E  # noqa: E402
 from diffatlas.checkpoint import list_snapshots, read_stats  # noqa: E402
 from diffatlas.config import load_config  # noqa: E402
 from diffatlas.data import load_dataset  # noqa: E402

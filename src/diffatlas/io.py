@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import numpy as np
 import yaml
 
 from .errors import UserError
@@ -535,3 +536,19 @@ def exclusive(path: str | Path, what: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def json_clean(v: Any) -> Any:
+    """JSON-safe copy: NaN/inf become None, numpy scalars plain numbers."""
+    if isinstance(v, dict):
+        return {str(k): json_clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_clean(x) for x in v]
+    if isinstance(v, (np.floating, float)):
+        f = float(v)
+        return f if math.isfinite(f) else None
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, np.ndarray):
+        return json_clean(v.tolist())
+    return v

@@ -30,7 +30,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 def cmd_guidance_sweep(args: argparse.Namespace) -> int:
     import math
 
-    from ..evaluate import evaluation_classifier
+    from ..metrics.eval_classifier import evaluation_classifier
     from ..rundir import RunDir
     from .spec import GUIDANCE
     from .sweep import guidance_sweep

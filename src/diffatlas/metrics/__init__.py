@@ -13,7 +13,7 @@ Each metric is a :class:`~.spec.Metric` in :data:`METRICS` (its direction, the r
 yields, what it reads and what it is evidence of); :func:`~.spec.register_metric` adds one. One
 metric needs the model rather than features: ``bpd`` (:mod:`.likelihood`, negative log-likelihood
 through the probability-flow ODE), registered with ``needs_model``; it takes (denoiser, data, labels)
-and :func:`diffatlas.evaluate.evaluate_run` calls it per snapshot.
+and :func:`diffatlas.evaluation.evaluate_run` calls it per snapshot.
 """
 
 from __future__ import annotations

@@ -133,7 +133,7 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
         raise UserError("give a DATASET (e.g. digits) or --noisy RUN_OR_CONFIG; see diffatlas list datasets")
     from ..config import check_options
     from ..data import DATASETS
-    from ..evaluate import default_classifier_dir, train_eval_classifier
+    from .eval_classifier import default_classifier_dir, train_eval_classifier
 
     options = check_options(DATASETS.get(args.dataset).load, _kv(args.option, "--option"), "data",
                             skip=("root", "split", "resolution", "download"), label="--option")
@@ -149,7 +149,7 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate_run
+    from ..evaluation import evaluate_run
 
     progress = {"auto": None, "bar": True, "lines": None, "none": False}[args.progress]
     entries = evaluate_run(args.run, metrics=args.metrics, n=args.n, snapshots=args.snapshots, sampler=args.sampler,
@@ -170,7 +170,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_curves(args: argparse.Namespace) -> int:
-    from ..evaluate import plot_curves
+    from ..evaluation import plot_curves
 
     path = plot_curves(args.run, args.metric, args.out)
     print(f"{args.metric} against kimg: {path}")
@@ -178,7 +178,7 @@ def cmd_curves(args: argparse.Namespace) -> int:
 
 
 def cmd_sample_size(args: argparse.Namespace) -> int:
-    from ..evaluate import sample_size_run
+    from ..evaluation import sample_size_run
 
     ns = validate.number_list(args.ns, "--ns", Range(10, COUNT_MAX, integer=True))
     res = sample_size_run(args.run, metrics=args.metrics, ns=ns, n_boot=args.boot,

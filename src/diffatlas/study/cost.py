@@ -138,7 +138,7 @@ def _guidance_kind(setting: dict) -> str | None:
 
 def run_work(run: RunSpec, ev: Evaluation, nfe_of: Callable[[RunSpec, dict], int] | None = None) -> Work:
     """The work of one run under the evaluation plan `ev` (see the module docstring)."""
-    from ..evaluate import NOISY_CLASSIFIER_DIR
+    from ..evaluation import NOISY_CLASSIFIER_DIR
     from ..metrics import METRICS
     from .results import setting_label
 
@@ -301,7 +301,7 @@ def _load_split(cfg: Any, split: str) -> Any:
 def _eval_classifier_s(cfg: Any, dev: Any, train_set: Any, feature_s: float) -> tuple[float, str]:
     """Seconds to train the evaluation classifier of the run's dataset as evaluate.train_eval_classifier
     does (its epochs and batch for the dataset's size), from the time of a few steps of train_classifier."""
-    from ..evaluate import train_eval_classifier
+    from ..metrics.eval_classifier import train_eval_classifier
     from ..metrics.extractors import train_classifier
 
     params = inspect.signature(train_eval_classifier).parameters
@@ -367,7 +367,8 @@ def measure_evaluation(run_dir: Path, ev: Evaluation, *, threads: int, one_offs:
     import numpy as np
     import torch
 
-    from ..evaluate import SAMPLE_BATCH, data_id, default_classifier_dir
+    from ..evaluation import SAMPLE_BATCH
+    from ..metrics.eval_classifier import data_id, default_classifier_dir
     from ..metrics import METRICS, MetricContext
     from ..metrics.reference import RefKey, default_cache_dir
     from ..metrics.stats import FrechetReference

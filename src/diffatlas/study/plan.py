@@ -129,7 +129,7 @@ class _SamplingProbe:
     def __init__(self, run: RunSpec, threads: int) -> None:
         import torch
 
-        from ..evaluate import SAMPLE_BATCH
+        from ..evaluation import SAMPLE_BATCH
         from ..sampling import load_run, run_plan
 
         self.threads = threads
@@ -235,7 +235,7 @@ def measure_contention(run: RunSpec, threads: int, others: int, steps: int = 3, 
 # What a fresh `study run` process or local worker imports before its first run: the CLI's parser and
 # the modules of the per-run work (study.work.train_and_evaluate); TensorBoard's writer where installed.
 STARTUP_CODE = ("import diffatlas.cli as c; c.build_parser()\n"
-                "import diffatlas.study.work, diffatlas.study.runner, diffatlas.train, diffatlas.evaluate, "
+                "import diffatlas.study.work, diffatlas.study.runner, diffatlas.train, diffatlas.evaluation, "
                 "diffatlas.metrics, diffatlas.guidance\n"
                 "try:\n    import torch.utils.tensorboard\nexcept ImportError:\n    pass\n")
 

@@ -51,7 +51,7 @@ def last_stats(run_dir: Path) -> dict | None:
 
 def run_metrics(run_dir: Path) -> list[dict]:
     """Every entry of RUN/metrics.jsonl in file order (not deduplicated)."""
-    from ..evaluate import read_metrics
+    from ..evaluation import read_metrics
 
     return read_metrics(run_dir, dedupe=False)
 

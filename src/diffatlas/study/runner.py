@@ -2,7 +2,7 @@
 (the local executor), or a driver submits each run as a cluster job (executors.remote).
 
 The per-run work is a callable `work(task: Task) -> None`, by default `train_and_evaluate`
-(diffatlas.train.train, then diffatlas.evaluate.evaluate_run for every sampler setting). Both
+(diffatlas.train.train, then diffatlas.evaluation.evaluate_run for every sampler setting). Both
 resume by themselves, so a run interrupted by SIGKILL or Ctrl-C continues where it stopped
 when the study is run again; finished runs are skipped through the ledger.
 

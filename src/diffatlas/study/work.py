@@ -38,7 +38,7 @@ def train_and_evaluate(task: Task) -> None:
     """The real per-run work: train (resumes from the latest snapshot), then evaluate every
     snapshot with every sampler setting (skips entries already in metrics.jsonl), then the
     sample-count sweep and the independent draws (evaluation.draws) on the final snapshot."""
-    from ..evaluate import evaluate_run
+    from ..evaluation import evaluate_run
     from ..train import train
     from .results import setting_label
     from .spec import setting_kwargs
