@@ -369,6 +369,9 @@ def test_report_and_export_say_what_was_tuned(tmp_path):
     text, header, rows = tuning_table(out)
     assert "held-out seed 100" in text[0] and "lr (train.lr) in [0.0002, 0.002, 0.02]" in text[0]
     assert "4 kimg" in text[0] and "heun x8 on fid" in text[0] and "the first candidate in grid order wins a tie" in text[0]
+    # ddpm's best lr is the grid's smallest: the report says it may be mistuned; ncsn's is inside the grid
+    assert text[1].startswith("The choice lies at the edge of the grid for 1 of 2 configuration(s) (dynamics=ddpm: "
+                              "lr=0.0002, its smallest value)")
     assert header == ["configuration", "lr=0.0002: fid", "lr=0.002: fid", "lr=0.02: fid", "chosen"]
     rec = _record(out)
     assert rows == [[f"dynamics={c['labels']['dynamics.name']}", *(f"{x['value']:.4g}" for x in c["candidates"]),

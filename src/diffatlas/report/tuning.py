@@ -57,9 +57,32 @@ def tuning_table(folder: str | Path) -> tuple[list[str], list[str], list[list[st
                 raise ValueError("configurations with different candidates")
             rows.append([configuration_label(c["labels"]), *(_fmt(x["value"]) for x in cands),
                          configuration_label(c["chosen"])])
+        edges = _edge_choices(grid, confs)
+        if edges:
+            text.append(f"The choice lies at the edge of the grid for {len(edges)} of {len(confs)} configuration(s) ("
+                        + "; ".join(edges) + "): the best value may lie beyond the grid, so those configurations may "
+                        "still be mistuned; a wider grid would tell.")
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
         raise UserError(f"tuning record {str(path)!r} is damaged ({type(e).__name__}: {e}); {fix}") from None
     return text, header, rows
+
+
+def _edge_choices(grid: dict[str, list], confs: list[dict]) -> list[str]:
+    """'configuration: key=value, its smallest/largest value' for each configuration whose chosen value
+    of a numeric key with at least 3 candidates is the grid's smallest or largest."""
+    out = []
+    for c in confs:
+        ends = []
+        for key, values in grid.items():
+            nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            v = c["chosen"].get(key)
+            if len(nums) < 3 or len(nums) != len(values) or v not in nums:
+                continue
+            if v in (min(nums), max(nums)):
+                ends.append(f"{short_key(key)}={v:g}, its {'smallest' if v == min(nums) else 'largest'} value")
+        if ends:
+            out.append(f"{configuration_label(c['labels'])}: {', '.join(ends)}")
+    return out
 
 
 def tuning_sections(folder: str | Path, section: Callable[..., Any], table: Callable[..., Any]) -> list:
