@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CPU replication of arXiv 2402.13369 in one sitting: its three study files run, each exported
-# under results/, then the summary that decides the paper's claims (results/replication).
+# under results/ with its report, then the summary that decides the paper's claims (results/replication).
 #
 #   scripts/replication.sh [OUT]      # OUT: where runs and ledgers go, relative to the repository
 #                                     # (default: studies-out)
@@ -19,7 +19,8 @@ for part in "${parts[@]}"; do
   start=$(date +%s)
   diffatlas study run "studies/$part.yaml" --out "$out/$part" --workers "$workers"
   diffatlas study export "studies/$part.yaml" "results/$part" --out "$out/$part"
-  echo "$part: $(( $(date +%s) - start )) s wall (study run and export, $workers workers)" | tee -a "$out/wall.txt"
+  diffatlas report "results/$part"
+  echo "$part: $(( $(date +%s) - start )) s wall (study run, export and report, $workers workers)" | tee -a "$out/wall.txt"
 done
 diffatlas report "${parts[@]/#/results/}" -o results/replication
 echo "replication: $(( $(date +%s) - t0 )) s wall (all parts and the summary)" | tee -a "$out/wall.txt"
