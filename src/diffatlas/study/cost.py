@@ -14,7 +14,7 @@ classifier-free guidance calls the network on a doubled batch.
 
 Unit costs (:func:`measure_evaluation`) are timed on a snapshot written by the training
 calibration (study.plan), through the functions the evaluation calls: `sampling.load_run`,
-`sampling.generate` at the evaluation's batch (evaluate.SAMPLE_BATCH) with the guidance wrappers,
+`sampling.generate` at the evaluation's batch (evaluation.SAMPLE_BATCH) with the guidance wrappers,
 the extractor's `features_and_logits`, the registered metric functions on features of the study's
 sample counts, `tensorboard_log.log_evaluation`, the data loader and the Frechet reference built
 once per evaluate_run call, and a few steps of the two classifiers that may be trained on the way.
@@ -299,8 +299,9 @@ def _load_split(cfg: Any, split: str) -> Any:
 
 
 def _eval_classifier_s(cfg: Any, dev: Any, train_set: Any, feature_s: float) -> tuple[float, str]:
-    """Seconds to train the evaluation classifier of the run's dataset as evaluate.train_eval_classifier
-    does (its epochs and batch for the dataset's size), from the time of a few steps of train_classifier."""
+    """Seconds to train the evaluation classifier of the run's dataset as train_eval_classifier
+    (metrics.eval_classifier) does (its epochs and batch for the dataset's size), from the time of a
+    few steps of train_classifier."""
     from ..metrics.eval_classifier import train_eval_classifier
     from ..metrics.extractors import train_classifier
 
