@@ -99,7 +99,7 @@ def generate(denoiser, shape: tuple[int, ...], seeds: list[int], *, sampler: str
              batch: int = 256, device: str | torch.device = "cpu") -> tuple[Tensor, int]:
     """Samples (len(seeds), *shape) of a resolved setting (sampler, grid, steps, options as planned),
     in chunks of `batch`, by samplers.sample: sample i is a function of seeds[i] alone (its prior and its
-    sampler noise, samplers.base.NOISE_STREAM), so results do not depend on the batch size. `clip`
+    sampler noise: one stream, samplers.base.SeedNoise), so results do not depend on the batch size. `clip`
     (samplers.clip; "auto" resolved by `shape`) acts on the denoiser's x0 estimate. Returns (samples on
     the CPU in float32, NFE per sample)."""
     ts = grid_times(grid, denoiser.dynamics, steps)

@@ -15,13 +15,12 @@ from .plan import plan_sampling, resolve_sampler
 
 def prior_from_seeds(dynamics: Any, shape: Sequence[int], seeds: Sequence[int], dtype: torch.dtype = torch.float32,
                      device: torch.device | str = "cpu") -> Tensor:
-    """(N, *shape[1:]) prior draws; sample i comes from torch.Generator().manual_seed(seeds[i]), so it does not
-    depend on the batch it is drawn in. Drawn on the CPU in float64, then moved (identical on every device)."""
+    """(N, *shape[1:]) prior draws; sample i is the first draw of torch.Generator().manual_seed(seeds[i])
+    (samplers.base.SeedNoise), so it does not depend on the batch it is drawn in. Drawn on the CPU in
+    float64, then moved (identical on every device)."""
     if len(seeds) != shape[0]:
         raise UserError(f"got {len(seeds)} seeds for a batch of {shape[0]} samples")
-    rows = [dynamics.prior_sample((1, *shape[1:]), generator=torch.Generator().manual_seed(int(s)), dtype=torch.float64)
-            for s in seeds]
-    return torch.cat(rows).to(dtype=dtype, device=device)
+    return SeedNoise(seeds).prior(dynamics, shape[1:], dtype, device)
 
 
 def sample(denoiser: Any, shape: Sequence[int], *, sampler: str = "heun", steps: int | None = None,
@@ -40,9 +39,8 @@ def sample(denoiser: Any, shape: Sequence[int], *, sampler: str = "heun", steps:
             spent by the sampler's own plan; neither: the default (samplers.plan.plan_sampling).
         grid: a GRIDS name, an explicit decreasing time tensor, or None for the default ("logsnr").
         clip: x0 clipping, "auto" (static for (C, H, W) images), "none", "static", "dynamic:P" (samplers.clip).
-        seed, seeds: sample i is drawn with seeds[i] (default seed + i) alone (samplers.base.NOISE_STREAM):
-            its prior from a generator seeded seeds[i], its sampler noise from one seeded seeds[i] +
-            NOISE_STREAM, both on the CPU. So two samplers given the same seeds start from identical
+        seed, seeds: sample i is drawn with seeds[i] (default seed + i) alone (samplers.base.SeedNoise):
+            one generator seeded seeds[i] on the CPU draws its prior and then its sampler noise. So two samplers given the same seeds start from identical
             noise, and a sample does not depend on the batch it is drawn in, the other seeds or the
             device (beyond the rounding of batched network evaluation; pc's corrector, whose step size is
             a batch average by design, is the one exception).
@@ -74,9 +72,10 @@ def sample(denoiser: Any, shape: Sequence[int], *, sampler: str = "heun", steps:
     outs, nfe = [], 0
     for start in range(0, len(seeds), size):
         chunk = seeds[start:start + size]
-        x = prior_from_seeds(dynamics, (len(chunk), *shape[1:]), chunk, dtype=dtype, device=device)
+        streams = SeedNoise(chunk)
+        x = streams.prior(dynamics, shape[1:], dtype, device)
         c = cond[start:start + size].to(device) if cond is not None else None
-        res = fn(denoiser, x, ts, generator=SeedNoise(chunk), cond=c, denoise_final=denoise_final, **options)
+        res = fn(denoiser, x, ts, generator=streams, cond=c, denoise_final=denoise_final, **options)
         outs.append(res.x)
         nfe = res.nfe
     return SampleResult(outs[0] if len(outs) == 1 else torch.cat(outs), nfe)

@@ -251,21 +251,23 @@ class CountingDenoiser:
 
 
 # The seeding rule of every sampling call that is given seeds (samplers.sample, sampling.generate):
-# sample i's prior comes from torch.Generator().manual_seed(seeds[i]) and its sampler noise from
-# torch.Generator().manual_seed(seeds[i] + NOISE_STREAM), both drawn on the CPU, so a sample is a
-# function of its own seed: not of the batch it is drawn in, the other seeds, or the device. One
-# exception is the algorithm's own: pc's Langevin corrector takes one step size for the batch (a
-# batch average, as in the reference code), so a pc sample with correctors depends on its batch.
-NOISE_STREAM = 1 << 40
+# sample i has one stream, torch.Generator().manual_seed(seeds[i]) on the CPU, which draws its prior
+# first and then, continuing, its sampler noise; so a sample is a function of its own seed: not of the
+# batch it is drawn in, the other seeds, or the device. (A second generator seeded seeds[i] + an offset
+# would not do: the CPU generator keeps only the low 32 bits of a seed, so an offset of 2**32 or more
+# gives the prior's own numbers back as the first step's noise.) One exception is the algorithm's own:
+# pc's Langevin corrector takes one step size for the batch (a batch average, as in the reference
+# code), so a pc sample with correctors depends on its batch.
 
 
 class SeedNoise:
-    """Per-sample noise streams for a stochastic sampler, passed as its `generator`: row i of every
-    draw comes from sample i's own generator (seeded seeds[i] + NOISE_STREAM), on the CPU in the
-    requested dtype, then moved to the device. `chunk(a, b)` continues rows a..b-1's streams."""
+    """Per-sample streams of a seeded sampling call, passed to a stochastic sampler as its `generator`:
+    stream i is torch.Generator().manual_seed(seeds[i]); `prior` draws row i of the prior from it, and
+    every later draw (`randn`) continues it, on the CPU, then moves to the device. `chunk(a, b)`
+    continues rows a..b-1's streams."""
 
     def __init__(self, seeds: Sequence[int]) -> None:
-        self.generators = [torch.Generator().manual_seed(int(s) + NOISE_STREAM) for s in seeds]
+        self.generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
 
     def __len__(self) -> int:
         return len(self.generators)
@@ -274,6 +276,12 @@ class SeedNoise:
         part = SeedNoise(())
         part.generators = self.generators[start:stop]
         return part
+
+    def prior(self, dynamics: Any, sample_shape: Sequence[int], dtype: torch.dtype,
+              device: torch.device | str) -> Tensor:
+        """(N, *sample_shape) prior draws, row i the first draw of stream i (in float64, then cast)."""
+        rows = [dynamics.prior_sample((1, *sample_shape), generator=g, dtype=torch.float64) for g in self.generators]
+        return torch.cat(rows).to(dtype=dtype, device=device)
 
     def randn(self, shape: Sequence[int], dtype: torch.dtype, device: torch.device | str) -> Tensor:
         if shape[0] != len(self.generators):
