@@ -104,6 +104,32 @@ def test_evaluate_is_deterministic_and_never_duplicates(run, clf_dir, evaluated,
     assert len(E.read_metrics(d)) == len(_lines(d)) == len(lines) + 1
 
 
+def test_every_evaluated_snapshot_writes_its_sample_grid(run, evaluated, tmp_path):
+    """The report's sample grids are files the evaluation wrote: one PNG per snapshot and setting, the
+    first 16 samples (a sample depends on its seed alone, so they are `diffatlas sample`'s at seeds 0..15),
+    with a record of what drew them; sample_grid=0 writes none."""
+    from diffatlas.rundir import RunDir
+    from diffatlas.sampling import sample_run, save_image_grid
+
+    d, _ = evaluated
+    grids = RunDir(d).eval_grids()
+    kimgs = [k for k, _ in E.select_snapshots(run)]
+    assert sorted(meta["kimg"] for _, meta in grids) == kimgs
+    for png, meta in grids:
+        assert png.name == f"eval-kimg{meta['kimg']:g}-seed0-ddim_x3.png" and png.parent == d / "samples"
+        assert meta["label"] == "ddim x3" and meta["seeds"] == [0, 15] and meta["n"] == 16
+        assert meta["n_evaluated"] in (24, 30)  # an evaluation at n = 30 (same seeds) rewrites the same grid
+        assert meta["sampler"] == "ddim" and meta["steps"] == 3 and meta["nfe"] == 3 and meta["guidance"] is None
+    png, meta = grids[-1]
+    same = sample_run(d, n=16, seed=0, sampler="ddim", steps=3, snapshot=meta["kimg"])
+    assert save_image_grid(same["x"], tmp_path / "same.png").read_bytes() == png.read_bytes()
+    quiet = _copy(run, tmp_path / "quiet")
+    E.evaluate_run(quiet, metrics=("is",), snapshots="last", sample_grid=0, **SETTING)
+    assert not (quiet / "samples").exists() and RunDir(quiet).eval_grids() == []
+    with pytest.raises(UserError, match="sample_grid"):
+        E.evaluate_run(quiet, metrics=("is",), sample_grid=-1, **SETTING)
+
+
 def test_interrupted_evaluation_resumes_without_recomputing(run, clf_dir, evaluated, tmp_path, monkeypatch):
     d = _copy(run, tmp_path / "run")
     n_snaps = len(E.select_snapshots(run))

@@ -9,6 +9,7 @@ import csv
 import json
 import shutil
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,30 @@ def rich_work(task) -> None:
     path.write_text("".join(json.dumps(e) + "\n" for e in out))
 
 
+def write_grids(run_dir: Path, kimgs: list[float], label: str = "heun x18", guidance: str | None = None,
+                seed: int = 0) -> None:
+    """What a real evaluation leaves beside its entries: a sample grid per snapshot (random pixels here,
+    different per run and snapshot)."""
+    from diffatlas.evaluation.run import write_eval_grid
+    from diffatlas.rundir import RunDir
+
+    for k in kimgs:
+        g = torch.Generator().manual_seed(zlib.crc32(f"{run_dir}|{k}|{label}|{guidance}|{seed}".encode()))
+        x = torch.rand(4, 1, 8, 8, generator=g) * 2 - 1
+        write_eval_grid(RunDir(run_dir), x, kimg=k, snapshot=f"snapshot-{k:09.3f}",
+                        label=f"{label} {guidance}" if guidance else label, seed=seed,
+                        fields={"sampler": label.split()[0], "steps": 18, "nfe": 35, "guidance": guidance, "n": 100})
+
+
+def with_grids(work):
+    """`work`, then a sample grid for each of the run's snapshots, as evaluate_run writes them."""
+    def run(task) -> None:
+        work(task)
+        kimgs = sorted(json.loads(m.read_text())["kimg"] for m in (task.run_dir / "snapshots").glob("*/meta.json"))
+        write_grids(task.run_dir, kimgs)
+    return run
+
+
 def _run(tmp_path: Path, study: dict, work) -> Path:
     out = tmp_path / "out"
     Runner(load_study(_write_study(tmp_path, study)), out, work=work, resolve=no_resolve).run()
@@ -71,37 +96,30 @@ def _undated(text: str) -> list[str]:
     return [line for i, line in enumerate(lines) if i not in dated]
 
 
-def _fake_sampling(monkeypatch) -> None:
-    import diffatlas.sampling
-
-    def fake_sample_run(run_dir, n, seed):
-        g = torch.Generator().manual_seed(len(str(run_dir)))
-        return {"x": torch.randn(n, 2, generator=g), "sampler": "heun", "steps": 18, "kimg": 10.0, "nfe": 35}
-
-    monkeypatch.setattr(diffatlas.sampling, "sample_run", fake_sample_run)
-
-
 def _no_sampling(monkeypatch) -> None:
+    """Reports read the grids the runs wrote: any sampling of a network fails the test."""
     import diffatlas.sampling
+    import diffatlas.samplers
 
     def refuse(*_a, **_k):
-        raise AssertionError("a report built from an export sampled a network")
+        raise AssertionError("a report sampled a network")
 
-    monkeypatch.setattr(diffatlas.sampling, "sample_run", refuse)
+    for mod, name in ((diffatlas.sampling, "sample_run"), (diffatlas.sampling, "generate"), (diffatlas.samplers, "sample")):
+        monkeypatch.setattr(mod, name, refuse)
 
 
-@pytest.mark.parametrize("study,work", [(FAKE_STUDY, fake_work), (RICH, rich_work)], ids=["fake", "rich"])
+@pytest.mark.parametrize("study,work", [(FAKE_STUDY, with_grids(fake_work)), (RICH, with_grids(rich_work))],
+                         ids=["fake", "rich"])
 def test_report_from_export_is_the_live_report(tmp_path, monkeypatch, study, work):
     out = _run(tmp_path, study, work)
-    _fake_sampling(monkeypatch)
-    write_report(out, samples=4)
+    _no_sampling(monkeypatch)
+    write_report(out)
     live = {name: (out / name).read_text() for name in ("report.md", "report.html")}
     figs = {p.name: p.read_bytes() for p in (out / "report_files").iterdir()}
     dest = tmp_path / "published"
-    export_study(out, dest, samples=4, command="diffatlas study export out published")
+    export_study(out, dest, command="diffatlas study export out published")
     # what the report would need besides the export is gone: ledger, runs, networks
     shutil.rmtree(out)
-    _no_sampling(monkeypatch)
     assert cli.main(["report", str(dest)]) == 0
     for name in ("report.md", "report.html"):
         assert _undated((dest / name).read_text()) == _undated(live[name]), name
@@ -165,7 +183,7 @@ def test_verdicts_recomputed_from_the_csv_files_are_the_reports(tmp_path, study,
     res = load_results(out)
     live = S.verdicts(res.records(), res.axes, res.metrics, budget=res.budget_kimg, sweeps=res.sweeps())
     dest = tmp_path / "published"
-    export_study(out, dest, samples=0)
+    export_study(out, dest, samples=False)
     recs, sweeps, axes = _plain_records(dest)
     assert axes == res.axes and len(recs) == len(res.records())
     again = S.verdicts(recs, axes, res.metrics, budget=float(study["budget_kimg"]), sweeps=sweeps)
@@ -182,7 +200,7 @@ def test_verdicts_recomputed_from_the_csv_files_are_the_reports(tmp_path, study,
 def test_every_final_number_has_its_measurement_columns(tmp_path):
     out = _run(tmp_path, RICH, rich_work)
     dest = tmp_path / "published"
-    export_study(out, dest, samples=0)
+    export_study(out, dest, samples=False)
     rows = list(csv.DictReader((dest / "results.csv").open()))
     for r in rows:
         for col in ("metric", "value", "kimg", "n", "extractor", "nfe", "sampler", "evaluation", "seed"):
@@ -223,7 +241,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys):
     assert cli.main(["study", "export", str(out), str(out)]) == 2
     assert "study output folder" in capsys.readouterr().err
     dest = tmp_path / "published"
-    assert cli.main(["study", "export", str(out), str(dest), "--samples", "0"]) == 0
+    assert cli.main(["study", "export", str(out), str(dest), "--no-samples"]) == 0
     assert "diffatlas report" in capsys.readouterr().out
     (dest / "curves.csv").write_text("run,evaluation\nx,y\n")
     assert cli.main(["report", str(dest)]) == 2

@@ -34,7 +34,7 @@ def study_out(tmp_path_factory) -> Path:
     rd = sorted((out / "runs").iterdir())[0]
     (rd / "samples").mkdir()
     Image.fromarray((np.random.default_rng(0).random((24, 24)) * 255).astype(np.uint8)).save(rd / "samples" / "grid.png")
-    write_report(out, samples=0)
+    write_report(out)
     return out
 
 
@@ -66,7 +66,7 @@ def test_report_contents_and_escaping(study_out):
 
 
 def test_report_cli(study_out, capsys):
-    assert cli.main(["report", str(study_out), "--samples", "0"]) == 0
+    assert cli.main(["report", str(study_out), "--no-samples"]) == 0
     assert "report.html" in capsys.readouterr().out
     assert cli.main(["report", str(study_out.parent / "nothing-here")]) == 2
 

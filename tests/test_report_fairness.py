@@ -1,6 +1,6 @@
 """The report's fairness section: every configuration's sampling listed; comparisons whose two sides
 spent unequal NFE or used different kinds of sampler flagged (Markdown and HTML); entries of older
-runs without the new fields still reported; point samples (toy mixtures) drawn as a scatter."""
+runs without the new fields still reported; the sample grids read from the runs, never sampled."""
 
 from __future__ import annotations
 
@@ -157,21 +157,36 @@ def test_options_set_in_the_evaluation_plan_are_tuned():
     assert FA.describe({}, plan, {})["nfe"] == FA.NOT_RECORDED
 
 
-@pytest.mark.parametrize("shape,drawn", [((64, 2), True), ((64, 5), True), ((64, 1), False)])
-def test_point_samples_are_a_scatter_not_a_crash(tmp_path, monkeypatch, shape, drawn):
-    """A toy-mixture study's runs sample points (N, D): the Samples section draws them (or says why not)."""
-    import diffatlas.sampling
+def test_sample_grids_are_read_from_the_runs_never_sampled(tmp_path, monkeypatch):
+    """The Samples section shows, per configuration, the grid its first run's evaluation wrote for the
+    last evaluated snapshot (unguided, the study's seed and first setting preferred over the others);
+    a run without one shows its own `diffatlas sample` PNG, else a note; no network is sampled."""
+    from test_export import _no_sampling, write_grids
 
-    def fake_sample_run(run_dir, n, seed):
-        return {"x": torch.randn(*shape, generator=torch.Generator().manual_seed(0)), "sampler": "heun", "steps": 18,
-                "kimg": 10.0, "nfe": 35}
+    from diffatlas.study.results import load_results
 
     out = _study(tmp_path, lambda e, lab: e)
-    monkeypatch.setattr(diffatlas.sampling, "sample_run", fake_sample_run)
-    _, sections = build_report(out, samples=8)
+    _no_sampling(monkeypatch)
+    res = load_results(out)
+    first = {}
+    for r in res.runs:
+        first.setdefault(r.labels["dynamics.name"], r)
+    ddpm, ncsn = first["ddpm"], first["ncsn"]
+    write_grids(ddpm.run_dir, [5.0, 10.0], label="ddim x8")                 # the one to show: 10 kimg, unguided
+    write_grids(ddpm.run_dir, [10.0], label="ddim x8", guidance="classifier:2")
+    write_grids(ddpm.run_dir, [10.0], label="ddim x8", seed=5000)          # an independent draw
+    write_grids(ddpm.run_dir, [10.0], label="heun x18")                    # a later setting
+    shown = ddpm.run_dir / "samples" / "eval-kimg10-seed0-ddim_x8.png"
+    _, sections = build_report(out)
     samples = next(s for s in sections if s.title == "Samples")
-    if drawn:
-        assert len(samples.figures) == 2 and all(f.png[:8] == b"\x89PNG\r\n\x1a\n" for f in samples.figures)
-        assert "scatter of the points" in samples.figures[0].caption
-    else:
-        assert not samples.figures and "have no picture" in samples.text[0]
+    assert [f.png for f in samples.figures] == [shown.read_bytes()]
+    assert "ddim x8, NFE 35, kimg 10, samples of seeds 0..3" in samples.figures[0].caption
+    assert len(samples.text) == 1 and samples.text[0].startswith("dynamics=ncsn: no sample grid")
+    own = ncsn.run_dir / "samples" / "snapshot-10-heun-18-seed0.png"  # `diffatlas sample` wrote this one
+    own.parent.mkdir()
+    own.write_bytes(b"\x89PNG\r\n\x1a\nown")
+    _, sections = build_report(out)
+    samples = next(s for s in sections if s.title == "Samples")
+    assert [f.png for f in samples.figures] == [shown.read_bytes(), own.read_bytes()] and not samples.text
+    _, sections = build_report(out, samples=False)
+    assert not any(s.title == "Samples" for s in sections)

@@ -7,12 +7,16 @@
 
 Layout (written by train and evaluate): config.yaml, dataset.json, network.json, environment.json,
 stats.jsonl (training ticks), snapshots/snapshot-<kimg>/ (weights, optimizer state, meta.json),
-metrics.jsonl (evaluation entries), DONE (training finished). Every reader of these files goes
+metrics.jsonl (evaluation entries), samples/ (PNG grids: eval-*.png with a .json of what drew them,
+written by the evaluation for every snapshot and setting it samples; others by `diffatlas sample`),
+DONE (training finished). Every reader of these files goes
 through this type or the checkpoint helpers it uses, so each file is parsed in one place.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,8 @@ CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 DONE_FILE = "DONE"
 SNAPSHOTS_DIR = "snapshots"
+SAMPLES_DIR = "samples"
+EVAL_GRID_PREFIX = "eval-"
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,29 @@ class RunDir:
     @property
     def snapshots_dir(self) -> Path:
         return self.path / SNAPSHOTS_DIR
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.path / SAMPLES_DIR
+
+    def eval_grid_path(self, kimg: float, seed: int, label: str) -> Path:
+        """Where the evaluation puts the sample grid of one snapshot and setting (`label`: the setting as
+        requested, with its guidance): samples/eval-kimg<kimg>-seed<seed>-<label, filename-safe>.png."""
+        slug = re.sub(r"[^A-Za-z0-9.=+-]+", "_", label).strip("_") or "default"
+        return self.samples_dir / f"{EVAL_GRID_PREFIX}kimg{kimg:g}-seed{seed}-{slug}.png"
+
+    def eval_grids(self) -> list[tuple[Path, dict[str, Any]]]:
+        """The evaluation's sample grids, each with what drew it (its .json beside it: kimg, setting,
+        guidance, sampler, steps, nfe, seeds, ...); grids without a readable record are left out."""
+        out = []
+        for png in sorted(self.samples_dir.glob(f"{EVAL_GRID_PREFIX}*.png")) if self.samples_dir.is_dir() else []:
+            try:
+                meta = json.loads(png.with_suffix(".json").read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(meta, dict) and isinstance(meta.get("kimg"), (int, float)):
+                out.append((png, meta))
+        return out
 
     @property
     def done(self) -> bool:

@@ -18,14 +18,14 @@ from torch import Tensor
 
 from .. import validate
 from ..errors import UserError
-from ..io import append_jsonl, json_clean
+from ..io import append_jsonl, atomic_write_json, json_clean
 from ..metrics import METRICS, EXTRACTORS, MetricContext
 from ..metrics.eval_classifier import evaluation_classifier
 from ..metrics.spec import yielded_by
 from ..rundir import METRICS_FILE, RunDir, RunInfo
 from ..samplers.clip import resolve_clip
 from ..samplers.plan import request_label
-from ..sampling import load_run, read_run_config, run_plan
+from ..sampling import load_run, read_run_config, run_plan, save_image_grid
 from ..tensorboard_log import log_evaluation
 from .inputs import SAMPLE_BATCH, Reference, likelihood_data, load_extractor, sample_images
 from .log import entry_key, read_metrics, select_snapshots
@@ -81,6 +81,7 @@ def evaluate_run(
     extractor_path: str | Path | None = None,
     seed: int = 0,
     n_boot: int = 0,
+    sample_grid: int = 16,
     likelihood: dict[str, Any] | None = None,
     device: str | torch.device = "auto",
     progress: bool | None = None,
@@ -121,6 +122,9 @@ def evaluate_run(
         extractor_path: the evaluation classifier's folder, or the Inception weights file.
         seed: first per-sample seed; also seeds the bootstrap and the KID subsets.
         n_boot: bootstrap resamples for 95% percentile intervals (0: none).
+        sample_grid: the first min(sample_grid, n) samples of every snapshot it samples are written as a PNG
+            grid, RUN/samples/eval-kimg<k>-seed<seed>-<setting>.png (RunDir.eval_grid_path), with a .json of
+            what drew them; reports show these instead of sampling networks (0: none).
         likelihood: bpd settings (solver, rtol, atol, grid, steps, divergence, probes, probe, dequantization,
             max_nfe); defaults: rk45 at 1e-5, exact divergence up to 16 dimensions, else 1 Rademacher probe.
         device: "auto" (CUDA when available), "cpu", "cuda", "cuda:N".
@@ -141,6 +145,8 @@ def evaluate_run(
     if int(n_boot) < 0:
         raise UserError(f"the number of bootstrap resamples must be >= 0, got {n_boot}")
     n_boot = int(n_boot)
+    if isinstance(sample_grid, bool) or not isinstance(sample_grid, (int, np.integer)) or int(sample_grid) < 0:
+        raise UserError(f"sample_grid must be a number of samples >= 0 (0: no grid), got {sample_grid!r}")
     # model metrics (bpd) read the snapshot's denoiser; the others the features of its samples
     model_metrics = [m for m in requested if METRICS.get(m).needs_model]
     feature_metrics = [m for m in requested if m not in model_metrics]
@@ -170,6 +176,7 @@ def evaluate_run(
     clip = resolve_clip(clip or cfg.sample.clip, shape)
     parsed = parse_guidance_spec(guidance)
     guidance_label = f"{parsed[0]}:{parsed[1]:g}" if parsed else None
+    grid_label = f"{setting} {guidance_label}" if guidance_label else setting
     dev = torch.device(validate.device(device))
     check_request(run_dir, shape, n, seed)
     conditional = bool(cfg.network.conditional)
@@ -307,6 +314,9 @@ def evaluate_run(
                            reference_split=split, real=f"{xs.shape[0]} data points of {reference.data_id}/{split}")
                 recs.append(rec)
         del run
+        if x is not None and sample_grid > 0:  # before the entries: a logged snapshot has its grid
+            write_eval_grid(RunDir(run_dir), x[:sample_grid], kimg=kimg, snapshot=snap.name, label=grid_label,
+                            seed=seed, fields={**base, "nfe": nfe, "conditioned": use_labels})
         wall = time.perf_counter() - start
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
         path = run_dir / METRICS_FILE
@@ -314,9 +324,9 @@ def evaluate_run(
         for rec in recs:
             e_name = rec.pop("extractor")
             e_hash = rec.pop("weights_hash")
-            setting = rec.pop("_setting", base)  # a model metric's own setting replaces the sampling setting
+            fields = rec.pop("_setting", base)  # a model metric's own setting replaces the sampling setting
             entry = {"kimg": kimg, "snapshot": snap.name, "metric": rec.pop("metric"), "value": rec.pop("value"),
-                     "interval": rec.pop("interval"), **setting, "n_real": rec.pop("n_real"), "extractor": e_name,
+                     "interval": rec.pop("interval"), **fields, "n_real": rec.pop("n_real"), "extractor": e_name,
                      "extractor_hash": e_hash, "nfe": nfe, "seeds": [seed, seed + n - 1], "ema": True,
                      "dataset": reference.data_id, "reference_split": reference.split,
                      "wall_s": round(wall, 3), "sample_s": round(sample_s, 3), "time": stamp, **rec}
@@ -333,3 +343,17 @@ def evaluate_run(
         log(f"evaluated {what}: " + "  ".join(f"{e['metric']} {e['value']:.4g}" for e in lines if e["value"] is not None)
             + f"  ({'' if nfe is None else f'NFE {nfe}, '}{wall:.1f} s)")
     return results
+
+
+def write_eval_grid(run: RunDir, x: Tensor, *, kimg: float, snapshot: str, label: str, seed: int,
+                    fields: dict[str, Any]) -> Path:
+    """The sample grid of one evaluated snapshot and setting (x: its first samples, seeds seed, seed+1, ...)
+    and, beside it, a .json of what drew it; the .json is written last, so a grid with one is complete."""
+    path = run.eval_grid_path(kimg, seed, label)
+    save_image_grid(x, path)
+    k = int(x.shape[0])
+    meta = {"what": f"the first {k} samples of the evaluation of snapshot kimg {kimg:g} with setting {label!r}",
+            "kimg": kimg, "snapshot": snapshot, "label": label, **fields, "n_evaluated": fields.get("n"), "n": k, "seeds": [seed, seed + k - 1],
+            "labels": "cycling 0..K-1" if fields.get("conditioned") else None}
+    atomic_write_json(path.with_suffix(".json"), json_clean(meta))
+    return path

@@ -59,6 +59,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--extractor-path", help="evaluation classifier folder, or Inception weights file")
     p.add_argument("--seed", type=arg(SEED), default=0, help="first per-sample seed (sample i uses seed + i)")
     p.add_argument("--boot", type=arg(BOOT), default=0, help="bootstrap resamples for 95%% intervals (0: none)")
+    p.add_argument("--sample-grid", type=arg(Range(0, COUNT_MAX, integer=True)), default=16,
+                   help="samples per snapshot written as a PNG grid, RUN/samples/eval-*.png (0: none; default 16)")
     p.add_argument("--bpd", action="append", default=[], metavar="KEY=VALUE",
                    help="bpd estimator setting: solver (rk45, heun), rtol, atol, grid, steps, divergence (auto, exact, "
                         "hutchinson), probes, probe (rademacher, gaussian), dequantization (auto, uniform, none), max_nfe")
@@ -155,7 +157,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     entries = evaluate_run(args.run, metrics=args.metrics, n=args.n, snapshots=args.snapshots, sampler=args.sampler,
                            steps=args.steps, nfe=args.nfe, grid=args.grid, options=_kv(args.option, "--option"),
                            clip=args.clip, guidance=args.guidance, classifier_dir=args.classifier, extractor=args.extractor,
-                           extractor_path=args.extractor_path, seed=args.seed, n_boot=args.boot,
+                           extractor_path=args.extractor_path, seed=args.seed, n_boot=args.boot, sample_grid=args.sample_grid,
                            likelihood=_kv(args.bpd, "--bpd"), device=args.device, progress=progress, log=print)
     for e in entries:
         iv = e.get("interval")

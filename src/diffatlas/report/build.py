@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from ..io import atomic_write_bytes, atomic_write_text
+from ..rundir import EVAL_GRID_PREFIX, RunDir
 from ..study import statistics as S
 from ..study.convergence import bootstrap_mean_ci
 from ..study.export import load_any
-from ..study.results import StudyResults
+from ..study.results import StudyResults, setting_label
 from ..study.spec import short_key
 from . import fairness as FA
 from . import figures as F
@@ -103,40 +104,45 @@ def _convergence_table(res: StudyResults, records: list[dict], metric: str) -> T
                   "settled seeds"], rows)
 
 
-def sample_grids(res: StudyResults, n: int) -> tuple[list[Figure], list[str]]:
-    """One figure per configuration: the run's own samples/*.png if present, else sampled now (first seed):
-    an image grid, or a scatter for point data (toy mixtures). Returns (figures, notes on the skipped)."""
+def sample_grids(res: StudyResults, show: bool = True) -> tuple[list[Figure], list[str]]:
+    """One figure per configuration, read from what its runs wrote; nothing is sampled.
+
+    The grid is an evaluation's (RunDir.eval_grids) from the configuration's first run that has one: of
+    the last evaluated snapshot, preferring an unguided setting, the study's evaluation seed and its first
+    setting. A configuration without any shows its first run's latest `diffatlas sample` PNG, if any, and
+    otherwise gets a note. show=False leaves the grids out; their size is the evaluation's
+    (evaluation.sample_grid). Returns (figures, notes)."""
+    if not show:
+        return [], []
     axes = [a for a in res.axes if a != "guidance"]
-    seen: set[str] = set()
+    ev = res.evaluation or {}
+    first = setting_label(ev["samplers"][0]) if ev.get("samplers") else None
+    configs: dict[str, list] = {}
+    for r in res.runs:
+        configs.setdefault(_config_label(r.labels, axes), []).append(r)
     figs: list[Figure] = []
     notes: list[str] = []
-    for r in res.runs:
-        conf = _config_label(r.labels, axes)
-        if conf in seen:
+    for conf, runs in configs.items():
+        found = next(((r, g) for r in runs if (g := RunDir(r.run_dir).eval_grids())), None)
+        if found is not None:
+            r, grids = found
+            png, meta = max(grids, key=lambda g: (g[1]["kimg"], not g[1].get("guidance"),
+                                                   (g[1].get("seeds") or [None])[0] == ev.get("seed", 0),
+                                                   g[1].get("label") == first, g[0].name))
+            nfe = f", NFE {meta['nfe']}" if meta.get("nfe") is not None else ""
+            figs.append(Figure(f"samples-{r.id}", png.read_bytes(),
+                               f"{conf} (seed {r.labels.get('seed')}): {meta.get('label')}{nfe}, kimg {meta['kimg']:g}, "
+                               f"samples of seeds {meta['seeds'][0]}..{meta['seeds'][1]} ({png.name})"))
             continue
-        pngs = sorted((r.run_dir / "samples").glob("*.png")) if (r.run_dir / "samples").is_dir() else []
-        if pngs:
-            latest = max(pngs, key=lambda p: p.stat().st_mtime)
+        own = next(((r, pngs) for r in runs if (pngs := sorted(p for p in RunDir(r.run_dir).samples_dir.glob("*.png")
+                                                           if not p.name.startswith(EVAL_GRID_PREFIX)))), None)
+        if own is not None:
+            r, pngs = own
+            latest = max(pngs, key=lambda p: (p.stat().st_mtime, p.name))
             figs.append(Figure(f"samples-{r.id}", latest.read_bytes(), f"{conf} (seed {r.labels.get('seed')}): {latest.name}"))
-            seen.add(conf)
             continue
-        if n <= 0 or not (r.run_dir / "DONE").exists():
-            continue
-        try:
-            from ..sampling import sample_run
-
-            out = sample_run(r.run_dir, n=n, seed=0)
-        except Exception:  # noqa: BLE001 - a run that cannot be sampled is left out of the grids
-            continue
-        png = F.samples_png(out["x"])
-        seen.add(conf)
-        if png is None:
-            notes.append(f"{conf}: samples of shape {tuple(out['x'].shape[1:])} have no picture (neither images nor "
-                         "points of two or more coordinates)")
-            continue
-        what = "scatter of the points" if out["x"].dim() == 2 else "grid"
-        figs.append(Figure(f"samples-{r.id}", png, f"{conf} (seed {r.labels.get('seed')}): {what}, {out['sampler']}, "
-                                                   f"{out['steps']} steps, kimg {out['kimg']:g}"))
+        notes.append(f"{conf}: no sample grid: the evaluation of its runs wrote none (an evaluation that samples "
+                     "writes RUN/samples/eval-*.png; `diffatlas sample RUN` writes one for any run)")
     return figs, notes
 
 
@@ -234,7 +240,7 @@ def seed_count(res: StudyResults) -> int:
     return len({str(r.labels.get("seed")) for r in res.runs if r.labels.get("seed") is not None})
 
 
-def build_report(out: str | Path | StudyResults, samples: int = 16, seed: int = 0) -> tuple[str, list[Section]]:
+def build_report(out: str | Path | StudyResults, samples: bool = True, seed: int = 0) -> tuple[str, list[Section]]:
     """Collect results and statistics into sections. Returns (study name, sections). `out`: a study
     output folder, an exported one (study.export: its files alone) or StudyResults already read."""
     res = out if isinstance(out, StudyResults) else load_any(out)
@@ -315,7 +321,7 @@ def build_report(out: str | Path | StudyResults, samples: int = 16, seed: int = 
     if png:
         sections.append(Section("Noise schedules", ["log-SNR and sigma/alpha of each run's forward process."], [],
                                 [Figure("logsnr", png, "log-SNR(t) per dynamics")]))
-    if res.sample_grids is not None:  # an exported study: the grids its export carries
+    if res.sample_grids is not None and samples:  # an exported study: the grids its export carries
         grids = [Figure(name, path.read_bytes(), caption) for name, path, caption in res.sample_grids[0]]
         notes = list(res.sample_grids[1])
     else:
@@ -411,7 +417,7 @@ def render_html(name: str, sections: list[Section], title: str = "Study report")
     return "\n".join(parts)
 
 
-def write_report(out: str | Path, samples: int = 16, seed: int = 0) -> dict[str, Path]:
+def write_report(out: str | Path, samples: bool = True, seed: int = 0) -> dict[str, Path]:
     """Write <out>/report.md (+ report_files/*.png) and the self-contained <out>/report.html; `out` is a
     study output folder or an exported one (study.export)."""
     out = Path(out)

@@ -11,10 +11,10 @@ from ..study.results import load_results
 from .build import sample_grids
 
 
-def export_study(out: str | Path, dest: str | Path, samples: int = 16, command: str | None = None) -> dict[str, Path]:
+def export_study(out: str | Path, dest: str | Path, samples: bool = True, command: str | None = None) -> dict[str, Path]:
     """Export the study output folder `out` into `dest`: its results (load_results), its study file
-    and the sample grids its report shows (`samples` images each; sampled from the networks where a
-    run saved none, as the report does)."""
+    and the sample grids its report shows (report.build.sample_grids: files the runs wrote; none when
+    `samples` is false)."""
     out, dest = Path(out), Path(dest)
     if dest.resolve() == out.resolve():
         raise UserError(f"export folder {str(dest)!r} is the study output folder; choose another folder")

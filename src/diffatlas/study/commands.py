@@ -63,8 +63,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("study", help="study file (YAML) or its output folder")
     q.add_argument("dest", help="folder to write results.csv, curves.csv, runs.csv, ... into (created if needed)")
     q.add_argument("--out", help="study output folder (default studies-out/<name>)")
-    q.add_argument("--samples", type=arg(Range(0, 10_000, integer=True)), default=16,
-                   help="images per sample grid carried for the report, as `diffatlas report --samples` (default 16)")
+    q.add_argument("--no-samples", dest="samples", action="store_false",
+                   help="carry no sample grids (default: the grids the runs' evaluations wrote, as the report shows them)")
     q.set_defaults(func=cmd_export)
 
     q = sub.add_parser("report", help="write report.md and report.html for a study, or a replication summary over "
@@ -73,7 +73,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                             "export` wrote; several exported folders: a replication summary of them")
     q.add_argument("--out", "-o", help="one study: its output folder (default studies-out/<name>); several: the "
                                        "folder the summary is written into (required)")
-    q.add_argument("--samples", type=arg(Range(0, 10_000, integer=True)), default=16, help="images per sample grid (0: none; default 16)")
+    q.add_argument("--no-samples", dest="samples", action="store_false",
+                   help="leave the sample grids out (default: show the grids the runs' evaluations wrote; their size is "
+                        "the study's evaluation.sample_grid)")
     q.set_defaults(func=cmd_report)
 
     q = sub.add_parser("quickstart", help="a small DDPM-vs-NCSN study on the bundled digits, trained, evaluated and reported")
@@ -196,7 +198,7 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     out = validate.writable_dir(args.out, "--out")
     t0 = time.time()
     counts = Runner(study, out, workers=args.workers).run()
-    paths = write_report(out, samples=16)
+    paths = write_report(out)
     print(f"quickstart: {counts['done']} runs done in {time.time() - t0:.0f} s")
     print(f"report: {paths['html'].resolve()}")
     return 0 if counts["failed"] == 0 else 1

@@ -19,6 +19,7 @@ A study file (YAML) reads
       samplers: [{sampler: heun, steps: 18}, {sampler: ddim, steps: 50}]
       n_sweep: [250, 500, 1000] # extra evaluations of the final snapshot at these sample counts
       draws: {n: 500, count: 4} # independent evaluations of the final snapshot on disjoint seed ranges
+      sample_grid: 16           # samples per PNG grid each evaluated snapshot writes for the report (0: none)
     max_attempts: 2
     executor: {name: slurm, gpus_per_run: 1, slurm: {partition: gpu}}   # where runs execute (study.executors)
     arm: original               # optional: original | harmonised, for a replication summary (see below)
@@ -76,7 +77,7 @@ TUNE_KEYS = ("seed", "grid", "metric", "setting", "budget_kimg")
 # The label that marks a tuning run (in the ledger, the run's Task and `study status`): results,
 # statistics and reports leave such runs out of the comparison.
 PHASE_KEY, TUNING = "phase", "tuning"
-EVAL_KEYS = ("metrics", "n", "every_kimg", "samplers", "n_sweep", "extractor", "seed", "draws")
+EVAL_KEYS = ("metrics", "n", "every_kimg", "samplers", "n_sweep", "extractor", "seed", "draws", "sample_grid")
 # Keys the study sets itself; an axis over them would fight with `seeds`, `budget_kimg`, `every_kimg`.
 RESERVED = {"train.seed": "seeds", "train.kimg": "budget_kimg"}
 # Sections whose extra keys are keyword arguments of a registry object (checked by config.resolve).
@@ -90,7 +91,9 @@ class Evaluation:
     evaluate_run); every snapshot is evaluated with every setting. `draws` ({n, count, seed}, or None)
     evaluates the final snapshot `count` more times with the first setting, at n samples each, draw j
     on the per-sample seeds seed + j*n ... seed + (j+1)*n - 1 (disjoint from each other and, by
-    default, from the seeds of every other evaluation): the IS-vs-FID stability claim's data."""
+    default, from the seeds of every other evaluation): the IS-vs-FID stability claim's data. Every
+    snapshot a setting evaluates writes the PNG grid of its first `sample_grid` samples (the report's
+    sample grids; RunDir.eval_grid_path)."""
 
     metrics: tuple[str, ...] = ("fid", "is")
     n: int = 1000
@@ -100,6 +103,7 @@ class Evaluation:
     extractor: str = "classifier"
     seed: int = 0
     draws: dict | None = None
+    sample_grid: int = 16
 
 
 @dataclass(frozen=True)
@@ -247,7 +251,7 @@ class Study:
             return self.evaluation
         ev = self.evaluation
         return Evaluation((self.tune.metric,), ev.n, None, (ev.samplers[self.tune.setting],), (), ev.extractor, ev.seed,
-                          None)
+                          None, 0)
 
     def _expand(self, plan: list[tuple[dict, dict, int, dict, dict]], resolve: Callable[[Any], Any]) -> list[RunSpec]:
         """plan: (combination, extra config values, seed, labels, values set last) per run."""
@@ -527,8 +531,10 @@ def _parse_evaluation(d: Any) -> Evaluation:
     _registry_name(EXTRACTORS, extractor, "evaluation.extractor")
     seed = int(validate.number(d.get("seed", ev.seed), "evaluation.seed", SEED))
     validate.seeds(seed, max([n, *sweep]), "evaluation.seed")
+    sample_grid = int(validate.number(d.get("sample_grid", ev.sample_grid), "evaluation.sample_grid",
+                                      Range(0, COUNT_MAX, integer=True)))
     return Evaluation(tuple(metrics), n, every, settings, tuple(sorted(set(sweep))), extractor, seed,
-                      _parse_draws(d.get("draws"), seed, max([n, *sweep])))
+                      _parse_draws(d.get("draws"), seed, max([n, *sweep])), sample_grid)
 
 
 def _parse_draws(d: Any, eval_seed: int, largest_n: int) -> dict | None:

@@ -52,20 +52,20 @@ def train_and_evaluate(task: Task) -> None:
     for setting in ev.samplers:
         task.log(f"evaluate {task.id}: {', '.join(ev.metrics)} n={ev.n} setting {setting_label(setting)}")
         evaluate_run(task.run_dir, metrics=tuple(ev.metrics), n=ev.n, snapshots="all", extractor=ev.extractor,
-                     seed=ev.seed, progress=False, **setting_kwargs(setting))
+                     seed=ev.seed, sample_grid=ev.sample_grid, progress=False, **setting_kwargs(setting))
     first = setting_kwargs(ev.samplers[0])
     for n in ev.n_sweep:
         if n == ev.n:
             continue
         task.log(f"evaluate {task.id}: n={n} (sample-count sweep, final snapshot)")
         evaluate_run(task.run_dir, metrics=tuple(ev.metrics), n=n, snapshots="latest", extractor=ev.extractor,
-                     seed=ev.seed, progress=False, **first)
+                     seed=ev.seed, sample_grid=0, progress=False, **first)
     draws = ev.draws or {}
     for j in range(draws.get("count", 0)):  # independent draws: disjoint per-sample seed ranges
         start = draws["seed"] + j * draws["n"]
         task.log(f"evaluate {task.id}: draw {j + 1}/{draws['count']}, n={draws['n']}, seeds {start}.. (final snapshot)")
         evaluate_run(task.run_dir, metrics=tuple(ev.metrics), n=draws["n"], snapshots="latest", extractor=ev.extractor,
-                     seed=start, progress=False, **first)
+                     seed=start, sample_grid=0, progress=False, **first)
 
 
 def train_under_torchrun(task: Task) -> None:
