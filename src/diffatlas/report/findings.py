@@ -361,6 +361,30 @@ def defaults_text(res: Any) -> str:
             "for these defaults.")
 
 
+def noise_text(res: Any, records: Sequence[dict]) -> str:
+    """How much of the seed-to-seed spread is evaluation noise (statistics.evaluation_noise), where
+    independent draws measured it."""
+    shares = S.evaluation_noise(records, res.n) if res.n else []
+    if not shares:
+        return ("Evaluation noise: not measured (no run was evaluated on independent draws, evaluation.draws); each "
+                "model's value is one evaluation, so its sampling noise is part of the spread between seeds that the "
+                "tests already count, and a verdict near alpha can move with another draw.")
+    parts = []
+    for s in shares:
+        pct = f"about {min(s.share, 1.0):.0%}" if math.isfinite(s.share) else "an unknown part"
+        parts.append(f"{s.metric} ({s.setting}): sd {_num(s.sd_eval)} from sampling alone at n = {s.n} against sd "
+                     f"{_num(s.sd_seeds)} between the seeds of one configuration, so {pct} of the seed-to-seed variance "
+                     f"is evaluation noise ({s.draws} draws of n = {s.draw_n} on each of {s.models} models, scaled as 1/n)")
+    high = [s.metric for s in shares if math.isfinite(s.share) and s.share >= 0.5]
+    text = "Evaluation noise: " + "; ".join(parts) + "."
+    if high:
+        return text + (f" For {', '.join(dict.fromkeys(high))} the seeds differ mostly by evaluation noise: a verdict "
+                       "near alpha can move with another draw of sampler noise, and a larger n (or averaged draws) "
+                       "would sharpen these comparisons more than more seeds.")
+    return text + (" The spread is mostly between trained models: more seeds, not more samples, would sharpen these "
+                   "comparisons.")
+
+
 def convergence_text(res: Any, records: Sequence[dict]) -> str | None:
     primary = next((m for m in ("fid", "is", "kid") if m in res.metrics), None)
     recs = [r for r in records if r["metric"] == primary]
@@ -428,8 +452,8 @@ def multiplicity_text(verdicts: Sequence[S.Verdict]) -> str:
 
 def threats(res: Any, records: Sequence[dict], verdicts: Sequence[S.Verdict], checks: Sequence[FA.Check]) -> list[str]:
     """The 'Threats to validity' paragraphs of one study, from its results alone."""
-    out = [scale_text(res), extractor_text(res), samples_text(res), seeds_text(res, verdicts), nfe_text(res, checks),
-           defaults_text(res)]
+    out = [scale_text(res), extractor_text(res), samples_text(res), seeds_text(res, verdicts), noise_text(res, records),
+           nfe_text(res, checks), defaults_text(res)]
     conv = convergence_text(res, records)
     if conv:
         out.append(conv)

@@ -78,6 +78,7 @@ from .pairs import (  # noqa: F401
     min_pairs,
     paired_differences,
 )
+from .noise import NoiseShare, evaluation_noise  # noqa: F401
 from .claims import (  # noqa: F401
     CLAIM_CONVERGENCE,
     CLAIM_DISCRETE,
