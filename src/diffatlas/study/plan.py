@@ -333,7 +333,7 @@ def asks_for_gpu(study: Study) -> bool:
 
 def _nfe_cache() -> Callable[[RunSpec, dict], int]:
     """setting_nfe, once per (dynamics, sample config, setting)."""
-    from .cost import _dynamics, setting_nfe
+    from .cost.workload import _dynamics, setting_nfe
 
     seen: dict[str, int] = {}
 
