@@ -50,23 +50,32 @@ of axes, seeds and a budget; each is evaluated with every `evaluation.samplers` 
 Groups combine by Cartesian product; a run is base + one combination + one seed. Its id is a
 short SHA-256 of its resolved config (JSON with sorted keys), so the same run gets the same id
 and output folder in every study that contains it. Report labels are the axis values.
+
+This module reads and checks a study file; what it builds lives in study.design (Study, RunSpec,
+Tune: the expansion into runs) and study.eval_spec (Evaluation and the `evaluation:` section's
+parsing), and is re-exported here.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
-
+from typing import Any, Sequence
 
 from .. import config as C
 from .. import validate
 from ..errors import UserError
-from ..registry import UnknownNameError
-from ..validate import COUNT_MAX, KIMG_MAX, SEED, STEPS, Range
-from .executors import ExecutorSpec, parse_executor
+from ..validate import KIMG_MAX, SEED, Range
+from .design import PHASE_KEY, TUNING, RunSpec, Study, Tune, is_tuning, run_id, short_key
+from .eval_spec import EVAL_KEYS, SETTING_KEYS, Evaluation, parse_evaluation, setting_kwargs
+from .executors import parse_executor
+
+# The names other modules import from here: the study's design and evaluation section are re-exported.
+__all__ = ["ARMS", "EVAL_KEYS", "PHASE_KEY", "RESERVED", "SETTING_KEYS", "STUDY_KEYS", "TRAINING_KEYS", "TUNE_KEYS",
+           "TUNING", "Evaluation", "RunSpec", "Study", "Tune", "check_key", "is_tuning", "load_study", "parse_arm",
+           "run_id", "setting_kwargs", "short_key", "study_from_dict"]
 
 STUDY_KEYS = ("name", "description", "base", "base_file", "axes", "seeds", "budget_kimg", "evaluation", "max_attempts",
               "executor", "models", "arm", "tune")
@@ -74,287 +83,13 @@ ARMS = ("original", "harmonised")   # values of the optional `arm` key ("harmoni
 # What an evaluation-only study (models) cannot have: it trains nothing.
 TRAINING_KEYS = ("base", "base_file", "axes", "seeds", "budget_kimg", "tune")
 TUNE_KEYS = ("seed", "grid", "metric", "setting", "budget_kimg")
-# The label that marks a tuning run (in the ledger, the run's Task and `study status`): results,
-# statistics and reports leave such runs out of the comparison.
-PHASE_KEY, TUNING = "phase", "tuning"
-EVAL_KEYS = ("metrics", "n", "every_kimg", "samplers", "n_sweep", "extractor", "seed", "draws", "sample_grid")
 # Keys the study sets itself; an axis over them would fight with `seeds`, `budget_kimg`, `every_kimg`.
 RESERVED = {"train.seed": "seeds", "train.kimg": "budget_kimg"}
 # Sections whose extra keys are keyword arguments of a registry object (checked by config.resolve).
 _OPTION_SECTIONS = {name for name, cls in C._SECTION_CLASSES.items() if "options" in {f.name for f in fields(cls)}}
 
 
-@dataclass(frozen=True)
-class Evaluation:
-    """How each run is evaluated. `samplers` is a list of {sampler, steps, guidance} settings (an
-    empty mapping = the run's own sampler, unguided; guidance e.g. "classifier:2" is passed to
-    evaluate_run); every snapshot is evaluated with every setting. `draws` ({n, count, seed}, or None)
-    evaluates the final snapshot `count` more times with the first setting, at n samples each, draw j
-    on the per-sample seeds seed + j*n ... seed + (j+1)*n - 1 (disjoint from each other and, by
-    default, from the seeds of every other evaluation): the IS-vs-FID stability claim's data. Every
-    snapshot a setting evaluates writes the PNG grid of its first `sample_grid` samples (the report's
-    sample grids; RunDir.eval_grid_path)."""
-
-    metrics: tuple[str, ...] = ("fid", "is")
-    n: int = 1000
-    every_kimg: float | None = None
-    samplers: tuple[dict, ...] = ({},)
-    n_sweep: tuple[int, ...] = ()
-    extractor: str = "classifier"
-    seed: int = 0
-    draws: dict | None = None
-    sample_grid: int = 16
-
-
-@dataclass(frozen=True)
-class Tune:
-    """A study's tuning before the seeded comparison (the `tune:` section). Every configuration trains
-    `seed` (held out: not one of the study's seeds) with every candidate of `grid` for `budget_kimg`
-    (None: the study's budget), evaluated at the final snapshot with evaluation setting `setting` on
-    `metric` only; each configuration's seeded runs take its best candidate (study.tuning)."""
-
-    seed: int
-    grid: dict            # dotted config key -> candidate values, in file order
-    metric: str
-    setting: int
-    budget_kimg: float | None = None
-
-    @property
-    def keys(self) -> list[str]:
-        return list(self.grid)
-
-    def candidates(self) -> list[dict]:
-        """Every combination of the grid's values, in grid order (the last key varies fastest)."""
-        return [dict(zip(self.grid, values)) for values in itertools.product(*self.grid.values())]
-
-
-def is_tuning(labels: dict) -> bool:
-    """Whether a run's labels mark it as a tuning run (not a seed of the comparison)."""
-    return labels.get(PHASE_KEY) == TUNING
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One run: base + one combination of axis values + one seed, resolved.
-
-    id        12 hex digits of sha256(json(resolved config, sorted keys)) (and of run_dir when given)
-    labels    axis key -> value for this run (axis keys in study order), plus "seed"
-    run_dir   a finished run evaluated in place (evaluation-only studies); None: STUDY_OUT/runs/<id>
-    """
-
-    id: str
-    index: int
-    config: Any  # diffatlas.config.Config, resolved
-    labels: dict
-    run_dir: Path | None = None
-
-    @property
-    def config_dict(self) -> dict:
-        return C.to_dict(self.config)
-
-    @property
-    def seed(self) -> int:
-        return int(self.labels["seed"])
-
-    def label(self, keys: Sequence[str] | None = None) -> str:
-        keys = list(keys) if keys is not None else [k for k in self.labels if k != "seed"]
-        return ", ".join(f"{short_key(k)}={self.labels.get(k, '-')}" for k in keys) or "base"
-
-
-@dataclass(frozen=True)
-class Study:
-    name: str
-    base: dict
-    axes: tuple[dict, ...]          # each: {"kind": product|zip|variants, "combos": [ {key: value} ]}
-    seeds: tuple[int, ...]
-    budget_kimg: float | None
-    evaluation: Evaluation
-    max_attempts: int = 2
-    description: str = ""
-    source: str | None = None
-    raw: dict = field(default_factory=dict)
-    executor: ExecutorSpec = field(default_factory=ExecutorSpec)  # where runs execute; never part of a run's id
-    models: tuple[tuple[str, str], ...] = ()  # (label, run directory) of an evaluation-only study
-    arm: str | None = None                    # "original" | "harmonised" | None (see the module docstring)
-    tune: Tune | None = None                  # tuning before the seeded runs (study.tuning)
-
-    @property
-    def axis_keys(self) -> list[str]:
-        """Every config key varied by an axis, in study order ("model" for an evaluation-only study)."""
-        if self.models:
-            return ["model"]
-        keys: list[str] = []
-        for group in self.axes:
-            for combo in group["combos"]:
-                for k in combo:
-                    if k not in keys:
-                        keys.append(k)
-        return keys
-
-    def combinations(self) -> list[dict]:
-        """Cartesian product of the axis groups: a list of {key: value} mappings."""
-        groups = [g["combos"] for g in self.axes] or [[{}]]
-        out = []
-        for parts in itertools.product(*groups):
-            combo: dict = {}
-            for p in parts:
-                combo.update(p)
-            out.append(combo)
-        return out
-
-    def run_overrides(self, combo: dict, seed: int) -> dict:
-        """The plain-dict config of one run (before typing)."""
-        data = _deep_copy(self.base)
-        for key, value in combo.items():
-            _set_dotted(data, key, value)
-        _set_dotted(data, "train.seed", int(seed))
-        if self.budget_kimg is not None:
-            _set_dotted(data, "train.kimg", float(self.budget_kimg))
-        if self.evaluation.every_kimg is not None:
-            _set_dotted(data, "train.snapshot_kimg", float(self.evaluation.every_kimg))
-            _set_dotted(data, "train.keep_snapshots", True)
-        return data
-
-    def runs(self, resolve: Callable[[Any], Any] | None = None, tuned: Sequence[dict] | None = None) -> list[RunSpec]:
-        """Expand into runs (combinations x seeds), each resolved; UserError on a bad combination.
-        A study with `tune` needs `tuned`: per combination (in `combinations()` order) the chosen
-        values of the tuned keys (study.tuning); they enter the config, not the labels."""
-        resolve = resolve or C.resolve
-        if self.models:
-            return self._model_runs(resolve)
-        combos = self.combinations()
-        if self.tune is not None and (tuned is None or len(tuned) != len(combos)):
-            raise ValueError("the seeded runs of a study with `tune` are expanded from the tuning's choices, one per "
-                             "configuration (study.tuning)")
-        plan = [(combo, dict(tuned[i]) if tuned is not None else {}, seed, {**combo, "seed": int(seed)}, {})
-                for i, combo in enumerate(combos) for seed in self.seeds]
-        return self._expand(plan, resolve)
-
-    def tuning_runs(self, resolve: Callable[[Any], Any] | None = None) -> list[RunSpec]:
-        """The tuning runs (none without `tune`): per combination, per grid candidate (configuration-major),
-        the held-out seed trained for the tuning budget, keeping only its latest snapshot (the final one
-        is evaluated). Labels: the combination, the candidate, the seed and phase=tuning."""
-        if self.tune is None or self.models:
-            return []
-        t = self.tune
-        after: dict = {"train.keep_snapshots": False}
-        if t.budget_kimg is not None:
-            after["train.kimg"] = float(t.budget_kimg)
-        plan = [(combo, cand, t.seed, {**combo, **cand, "seed": int(t.seed), PHASE_KEY: TUNING}, after)
-                for combo in self.combinations() for cand in t.candidates()]
-        return self._expand(plan, resolve or C.resolve)
-
-    def evaluation_for(self, labels: dict) -> Evaluation:
-        """How a run is evaluated: the study's evaluation, or for a tuning run the deciding metric with
-        the deciding setting at the study's n and evaluation seed (no n sweep, no draws)."""
-        if self.tune is None or not is_tuning(labels):
-            return self.evaluation
-        ev = self.evaluation
-        return Evaluation((self.tune.metric,), ev.n, None, (ev.samplers[self.tune.setting],), (), ev.extractor, ev.seed,
-                          None, 0)
-
-    def _expand(self, plan: list[tuple[dict, dict, int, dict, dict]], resolve: Callable[[Any], Any]) -> list[RunSpec]:
-        """plan: (combination, extra config values, seed, labels, values set last) per run."""
-        runs: list[RunSpec] = []
-        seen: dict[str, str] = {}
-        for combo, extra, seed, labels, after in plan:
-            where = ", ".join(f"{k}={v}" for k, v in {**combo, **extra}.items()) or "base"
-            data = self.run_overrides({**combo, **extra}, seed)
-            for key, value in after.items():
-                _set_dotted(data, key, value)
-            try:
-                cfg = resolve(C.from_dict(data))
-            except (UserError, UnknownNameError) as e:
-                raise UserError(f"study {self.name!r}, run {where}: {e}") from None
-            rid = run_id(cfg)
-            if rid in seen:
-                raise UserError(f"study {self.name!r}: runs {seen[rid]} and {where} seed={seed} resolve to the same config; "
-                                "remove one of the axis values")
-            seen[rid] = f"{where} seed={seed}"
-            runs.append(RunSpec(rid, len(runs), cfg, labels))
-            self._check_guidance(cfg, where)
-            self._check_sampling(cfg, where)
-        return runs
-
-    def _check_sampling(self, cfg: Any, where: str) -> None:
-        """Every evaluation setting must plan on the run's process (e.g. no more steps than a discrete
-        process has): refused now, not after training."""
-        from ..model import make_dynamics
-        from ..sampling import run_plan
-
-        dyn = make_dynamics(cfg)
-        for j, setting in enumerate(self.evaluation.samplers):
-            try:
-                run_plan(cfg, dyn, **{k: setting[k] for k in ("sampler", "steps", "nfe", "grid", "options")
-                                      if k in setting})
-            except (UserError, UnknownNameError) as e:
-                raise UserError(f"study {self.name!r}, run {where}: evaluation.samplers[{j}]: {e}") from None
-
-    def _check_guidance(self, cfg: Any, where: str) -> None:
-        """Classifier-free guidance in the evaluation plan needs a conditional run: refused now, not after training."""
-        from ..guidance import make_guidance, parse_guidance_spec
-        from ..rundir import RunInfo
-
-        for j, setting in enumerate(self.evaluation.samplers):
-            parsed = parse_guidance_spec(setting.get("guidance"))
-            if parsed is None or parsed[0] != "cfg":
-                continue
-            probe = RunInfo(cfg, (), 1 if cfg.network.conditional else None)  # before training: no shape yet
-            try:
-                make_guidance(probe, *parsed)
-            except UserError as e:
-                raise UserError(f"study {self.name!r}, run {where}: evaluation.samplers[{j}]: {e}") from None
-
-
-    def _model_runs(self, resolve: Callable[[Any], Any]) -> list[RunSpec]:
-        """One run per named model: its own resolved config, evaluated where it is."""
-        runs: list[RunSpec] = []
-        for label, path in self.models:
-            run_dir = Path(path).resolve()
-            if not (run_dir / "config.yaml").is_file() or not (run_dir / "DONE").is_file():
-                raise UserError(f"study {self.name!r}, model {label}: {path!r} is not a finished run directory "
-                                "(config.yaml and DONE); train it, or import it with `diffatlas import`")
-            try:
-                cfg = resolve(C.from_dict(C.read_yaml(run_dir / "config.yaml")))
-            except (UserError, UnknownNameError) as e:
-                raise UserError(f"study {self.name!r}, model {label}: {e}") from None
-            runs.append(RunSpec(C.config_hash(cfg, run_dir), len(runs), cfg, {"model": label, "seed": int(cfg.train.seed)}, run_dir))
-        return runs
-
-
-def short_key(key: str) -> str:
-    """A compact label for an axis key: `dynamics.name` -> `dynamics`, `sample.sampler` -> `sampler`."""
-    section, _, rest = key.partition(".")
-    if rest in ("name", "preset"):
-        return section
-    return rest or section
-
-
-def run_id(cfg: Any) -> str:
-    return C.config_hash(cfg)
-
-
 # ---- parsing ---------------------------------------------------------------------------------
-
-def _deep_copy(d: Any) -> Any:
-    if isinstance(d, dict):
-        return {k: _deep_copy(v) for k, v in d.items()}
-    if isinstance(d, list):
-        return [_deep_copy(v) for v in d]
-    return d
-
-
-def _set_dotted(data: dict, key: str, value: Any) -> None:
-    node = data
-    parts = key.split(".")
-    for part in parts[:-1]:
-        nxt = node.get(part)
-        if not isinstance(nxt, dict):
-            nxt = {}
-            node[part] = nxt
-        node = nxt
-    node[parts[-1]] = _deep_copy(value)
-
 
 def check_key(key: Any, where: str) -> str:
     """An axis key must name a config section and a key of it (or an option of its registry object)."""
@@ -423,132 +158,6 @@ def _parse_group(group: Any, i: int) -> dict:
     else:
         raise UserError(f"{where}: unknown axis group {kind!r}; use product, zip or variants")
     return {"kind": kind, "combos": combos}
-
-
-def _registry_name(registry: Any, name: Any, where: str) -> str:
-    try:
-        registry.get(name)
-    except UnknownNameError as e:
-        raise UserError(f"{where}: {e}") from None
-    return str(name)
-
-
-# What one evaluation setting may state: a sampler with steps or an NFE budget, its grid and options,
-# x0 clipping and guidance; anything left out is the run's default (samplers.plan).
-SETTING_KEYS = ("sampler", "steps", "nfe", "grid", "options", "clip", "guidance")
-
-
-def _parse_sampler_setting(s: Any, j: int) -> dict:
-    """One evaluation setting, every name and number checked now (not after the runs are trained)."""
-    from ..config import sampler_options
-    from ..guidance import parse_guidance_spec
-    from ..samplers import parse_clip
-    from ..samplers.plan import check_sampler_name
-    from ..schedules import GRIDS
-
-    where = f"evaluation.samplers[{j}]"
-    if s is None:
-        return {}
-    if isinstance(s, str):
-        s = {"sampler": s}
-    if not isinstance(s, dict):
-        raise UserError(f"{where}: expected a mapping such as {{sampler: heun, steps: 18}}, got {s!r}")
-    validate.known_keys(s, SETTING_KEYS, where)
-    out = {}
-    if s.get("guidance") not in (None, "none"):
-        if not isinstance(s["guidance"], str):
-            raise UserError(f"{where}.guidance must be classifier:SCALE or cfg:W, got {s['guidance']!r}")
-        try:
-            parse_guidance_spec(s["guidance"])
-        except UserError as e:
-            raise UserError(f"{where}: {e}") from None
-        out["guidance"] = str(s["guidance"])
-    if s.get("sampler") is not None:
-        try:
-            out["sampler"] = check_sampler_name(s["sampler"])
-        except UnknownNameError as e:
-            raise UserError(f"{where}.sampler: {e}") from None
-    if s.get("steps") is not None:
-        out["steps"] = int(validate.number(s["steps"], f"{where}.steps", STEPS))
-    if s.get("nfe") is not None:
-        out["nfe"] = int(validate.number(s["nfe"], f"{where}.nfe", STEPS))
-        if "steps" in out:
-            raise UserError(f"{where}: give steps or nfe (a budget of denoiser evaluations), not both")
-    if s.get("grid") is not None:
-        out["grid"] = _registry_name(GRIDS, s["grid"], f"{where}.grid") if s["grid"] != "auto" else "auto"
-    if s.get("options") is not None:
-        if not isinstance(s["options"], dict):
-            raise UserError(f"{where}.options must be a mapping of sampler options, got {s['options']!r}")
-        if out.get("sampler") in (None, "auto", "classic"):
-            raise UserError(f"{where}: options need a named sampler (options differ between samplers)")
-        try:
-            out["options"] = sampler_options(out["sampler"], s["options"], label=f"{where}.options")
-        except UserError as e:
-            raise UserError(f"{where}: {e}") from None
-    if s.get("clip") is not None:
-        parse_clip(s["clip"])
-        out["clip"] = str(s["clip"])
-    return out
-
-
-def setting_kwargs(setting: dict) -> dict:
-    """evaluate_run's keyword arguments for one evaluation setting (absent keys: the run's defaults)."""
-    return {k: setting[k] for k in SETTING_KEYS if k in setting}
-
-
-def _parse_evaluation(d: Any) -> Evaluation:
-    if d is None:
-        return Evaluation()
-    from ..metrics import EXTRACTORS, METRICS
-
-    if not isinstance(d, dict):
-        raise UserError(f"evaluation must be a mapping with keys {', '.join(EVAL_KEYS)}")
-    validate.known_keys(d, EVAL_KEYS, "evaluation")
-    ev = Evaluation()
-    metrics = d.get("metrics", list(ev.metrics))
-    if isinstance(metrics, str):
-        metrics = [metrics]
-    if not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) for m in metrics):
-        raise UserError(f"evaluation.metrics must be a non-empty list of metric names, got {metrics!r}")
-    for m in metrics:
-        _registry_name(METRICS, m, "evaluation.metrics")
-    samples = Range(2, COUNT_MAX, integer=True)  # a metric needs at least two samples
-    n = int(validate.number(d.get("n", ev.n), "evaluation.n", samples))
-    every = d.get("every_kimg", ev.every_kimg)
-    if every is not None:
-        every = float(validate.number(every, "evaluation.every_kimg", Range(0, KIMG_MAX, lo_open=True)))
-    samplers = d.get("samplers", [{}])
-    if not isinstance(samplers, list) or not samplers:
-        raise UserError("evaluation.samplers must be a non-empty list of {sampler, steps} settings")
-    settings = tuple(_parse_sampler_setting(s, j) for j, s in enumerate(samplers))
-    sweep = d.get("n_sweep", [])
-    if not isinstance(sweep, list):
-        raise UserError(f"evaluation.n_sweep must be a list of sample counts, got {sweep!r}")
-    sweep = [int(validate.number(v, f"evaluation.n_sweep[{i}]", samples)) for i, v in enumerate(sweep)]
-    extractor = d.get("extractor", ev.extractor)
-    if not isinstance(extractor, str):
-        raise UserError(f"evaluation.extractor must be an extractor name, got {extractor!r}")
-    _registry_name(EXTRACTORS, extractor, "evaluation.extractor")
-    seed = int(validate.number(d.get("seed", ev.seed), "evaluation.seed", SEED))
-    validate.seeds(seed, max([n, *sweep]), "evaluation.seed")
-    sample_grid = int(validate.number(d.get("sample_grid", ev.sample_grid), "evaluation.sample_grid",
-                                      Range(0, COUNT_MAX, integer=True)))
-    return Evaluation(tuple(metrics), n, every, settings, tuple(sorted(set(sweep))), extractor, seed,
-                      _parse_draws(d.get("draws"), seed, max([n, *sweep])), sample_grid)
-
-
-def _parse_draws(d: Any, eval_seed: int, largest_n: int) -> dict | None:
-    """evaluation.draws: {n, count[, seed]}; the seed defaults to the first per-sample seed after
-    every other evaluation's (eval seed + the largest n), and is stored resolved."""
-    if d is None:
-        return None
-    if not isinstance(d, dict) or set(d) - {"n", "count", "seed"} or not {"n", "count"} <= set(d):
-        raise UserError(f"evaluation.draws must be a mapping {{n: samples, count: draws[, seed: first seed]}}, got {d!r}")
-    n = int(validate.number(d["n"], "evaluation.draws.n", Range(2, COUNT_MAX, integer=True)))
-    count = int(validate.number(d["count"], "evaluation.draws.count", Range(2, 1000, integer=True)))
-    seed = int(validate.number(d.get("seed", eval_seed + largest_n), "evaluation.draws.seed", SEED))
-    validate.seeds(seed, n * count, "evaluation.draws.seed")
-    return {"n": n, "count": count, "seed": seed}
 
 
 def _parse_tune(d: Any, axis_keys: list[str], seeds: Sequence[int], evaluation: Evaluation) -> Tune:
@@ -650,7 +259,7 @@ def study_from_dict(d: Any, source: str | None = None, base_dir: Path | None = N
         budget = validate.number(budget, "study `budget_kimg`", Range(0, KIMG_MAX, lo_open=True))
     attempts = int(validate.number(d.get("max_attempts", 2), "study `max_attempts`", Range(1, 1000, integer=True)))
     models = _parse_models(d, base_dir) if "models" in d else ()
-    evaluation = _parse_evaluation(d.get("evaluation"))
+    evaluation = parse_evaluation(d.get("evaluation"))
     tune = None
     if "tune" in d:
         axis_keys = [k for g in axes for combo in g["combos"] for k in combo]
