@@ -32,7 +32,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_import_diffusers(args: argparse.Namespace) -> int:
-    from .diffusers_io import import_diffusers
+    from .diffusers_import import import_diffusers
 
     rec = import_diffusers(args.path, args.run_dir, args.overrides, kimg=args.kimg)
     dyn = rec["dynamics"]
@@ -43,7 +43,7 @@ def cmd_import_diffusers(args: argparse.Namespace) -> int:
 
 
 def cmd_export_diffusers(args: argparse.Namespace) -> int:
-    from .diffusers_io import export_diffusers
+    from .diffusers_export import export_diffusers
 
     export_diffusers(args.run, args.out, snapshot=args.snapshot, ema=not args.raw, timesteps=args.timesteps)
     return 0
