@@ -35,7 +35,7 @@ DRIVER = r"""
 import os, signal, sys
 import torch
 import diffatlas.checkpoint as ck
-import diffatlas.io as dio
+import diffatlas.io.json_records as jr
 import diffatlas.train as tr
 
 mode, n = sys.argv[1], int(sys.argv[2])
@@ -45,7 +45,7 @@ def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
 if mode == "torn-append":  # the n-th appended log line: half of it reaches the file, then the process dies
-    real_write = dio._write_all
+    real_write = jr._write_all
     def write_all(fd, data):
         if data != b"\n":
             calls[0] += 1
@@ -54,7 +54,7 @@ if mode == "torn-append":  # the n-th appended log line: half of it reaches the 
                 os.fsync(fd)
                 die()
         real_write(fd, data)
-    dio._write_all = write_all
+    jr._write_all = write_all
 elif mode == "first-snapshot":  # dies when the first snapshot is due: its ticks are logged, no snapshot exists
     def save_snapshot(*args, **kwargs):
         die()
