@@ -250,7 +250,7 @@ def test_contention_is_measured_beside_real_concurrent_workers():
     """One more process trains the same config while the rate is timed again; the processes end with it."""
     import multiprocessing as mp
 
-    from diffatlas.study.plan import measure_contention
+    from diffatlas.study.cost.training import measure_contention
 
     base = {"data": {"name": "toy2d"}, "network": {"preset": "mlp-xs"},
             "train": {"batch": 64, "doctor": False, "device": "cpu", "tensorboard": False}}

@@ -1,41 +1,36 @@
 """`diffatlas study plan`: the expanded runs, the verdicts the design can reach, and the study's time
 from a short measured calibration.
 
-Calibration runs the real training loop (diffatlas.train.train) for a few steps of each distinct
-(data, network, batch, device, precision) combination in a temporary folder and reads the measured
-images/s from its stats.jsonl; on the snapshot it writes, the evaluation's pieces are timed once per
-distinct (data, network, device) (study.cost.measure_evaluation). Each run's work is counted from its
-config and the evaluation plan (study.cost.run_work), so the estimate is training + evaluation +
-one-offs (classifiers trained on the way) per run, plus the start of each process (measure_startup).
-Both are measured with the torch threads one worker gets: all of the runner's for one worker,
-cores // W each for W workers (study.runner). For W workers the runs are then slowed by a factor
-measured beside W - 1 concurrent processes training the same network (measure_contention), and the
-wall time is simulated as each worker takes the next run in the ledger's order (study.cost.wall_time:
-a dataset's evaluation classifier is trained by every worker whose run reaches evaluation before
-one is cached). `--gpu` adds a prediction for a GPU from recorded rates (study.cost.gpu_estimate).
+Calibration runs the real training loop for a few steps of each distinct (data, network, batch,
+device, precision) combination (study.cost.training.calibrate); on the snapshot it writes, the
+evaluation's pieces are timed once per distinct (data, network, device) (study.cost.measure_evaluation).
+Each run's work is counted from its config and the evaluation plan (study.cost.run_work), so the
+estimate is training + evaluation + one-offs (classifiers trained on the way) per run, plus the start
+of each process (study.cost.workers.measure_startup). Both are measured with the torch threads one
+worker gets: all of the runner's for one worker, cores // W each for W workers (study.runner). For W
+workers the runs are then slowed by a factor measured beside W - 1 concurrent processes training the
+same network (study.cost.training.measure_contention), and the wall time is simulated as each worker
+takes the next run in the ledger's order (study.cost.wall_time: a dataset's evaluation classifier is
+trained by every worker whose run reaches evaluation before one is cached). `--gpu` adds a prediction
+for a GPU from recorded rates (study.cost.gpu_estimate).
 """
 
 from __future__ import annotations
 
 import json
-import math
-import statistics as pystats
-import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from ..checkpoint import read_stats
 from ..errors import UserError
-from .cost import (GPU_RATES, EvalUnits, RunTime, Work, cpu_count, cpu_seconds, data_label, gpu_estimate, measure_evaluation,
-                   network_label, run_work, wall_time, worker_threads)
+from .cost import (GPU_RATES, EvalUnits, RunTime, Work, calibrate, cpu_count, cpu_seconds, data_label, gpu_estimate,
+                   measure_contention, measure_evaluation, measure_startup, network_label, run_work, wall_time,
+                   worker_threads)
 from .executors import ExecutorSpec
 from .spec import PHASE_KEY, RunSpec, Study, is_tuning, short_key
 from .status import format_duration
 from .tuning import plan_lines
 
-MIN_TIMED_S = 1.0   # training steps are added until at least this much is timed
 MAX_CONCURRENT = 7  # concurrent workers started to measure how much they slow each other
 
 
@@ -48,213 +43,6 @@ def _combo_key(run: RunSpec) -> tuple:
 def _eval_key(run: RunSpec) -> tuple:
     d = run.config_dict
     return (json.dumps(d["data"], sort_keys=True), json.dumps(d["network"], sort_keys=True), d["train"]["device"])
-
-
-def _train_rate(cfg, steps: int, per_tick: int, run_dir: Path) -> tuple[list[float], float]:
-    """Train 1 + `steps` ticks of `per_tick` steps each into `run_dir`; returns (images/s of every tick
-    after the first, seconds of the whole call)."""
-    from ..train import train
-
-    batch = cfg.train.batch
-    kimg = (steps + 1) * per_tick * batch / 1000
-    cfg = replace(cfg, train=replace(cfg.train, kimg=kimg, tick_kimg=per_tick * batch / 1000, snapshot_kimg=kimg,
-                                     warmup_kimg=0.0, keep_snapshots=False))
-    t0 = time.perf_counter()
-    train(cfg, run_dir, progress=False, log=lambda *a, **k: None)
-    lines = read_stats(run_dir)
-    rates = [line["images_per_s"] for line in lines[1:]] or [line["images_per_s"] for line in lines]
-    return rates, time.perf_counter() - t0
-
-
-def calibrate(run: RunSpec, steps: int = 3, threads: int | None = None, evaluation=None) -> dict:
-    """Time training steps of `run`'s config with `threads` torch threads (None: as they are), in a
-    temporary folder: 1 + `steps` steps, the first (warm-up) not counted, and more when those took under
-    MIN_TIMED_S. Returns {images_per_s (median over ticks), steps, setup_s (the call's time beyond its
-    steps at that rate: setup, warm-up, a snapshot, the doctor), seconds, threads} and, with `evaluation`
-    (an Evaluation), "eval": EvalUnits timed on the snapshot it wrote; or {error}."""
-    import torch
-
-    old = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(int(threads))
-    t0 = time.perf_counter()
-    try:
-        cfg = run.config
-        batch = cfg.train.batch
-        with tempfile.TemporaryDirectory(prefix="diffatlas-calib-") as tmp:
-            run_dir, per_tick, ticks = Path(tmp) / "run", 1, steps
-            rates, total = _train_rate(cfg, ticks, per_tick, run_dir)
-            if sum(batch / r for r in rates) < MIN_TIMED_S:  # small networks: enough steps for a stable median
-                step_s = batch / float(pystats.median(rates))
-                ticks, per_tick = 8, max(1, math.ceil(MIN_TIMED_S / step_s / 8))
-                run_dir = Path(tmp) / "run-longer"
-                rates, total = _train_rate(cfg, ticks, per_tick, run_dir)
-            rate = float(pystats.median(rates))
-            res = {"images_per_s": rate, "steps": ticks * per_tick,
-                   "setup_s": max(0.0, total - (ticks + 1) * per_tick * batch / rate),
-                   "threads": torch.get_num_threads()}
-            if evaluation is not None:
-                res["eval"] = measure_evaluation(run_dir, evaluation, threads=torch.get_num_threads())
-    except UserError as e:
-        return {"error": str(e)}
-    finally:
-        torch.set_num_threads(old)
-    res["seconds"] = time.perf_counter() - t0
-    return res
-
-
-def _busy(cfg, threads: int, per_tick: int, go, idle, ready, stop) -> None:
-    """A worker's load for measure_contention: training steps of `cfg` while `go` is set, idle (and
-    saying so) while it is not, until `stop` (short ticks, so that it pauses within a second or two)."""
-    import torch
-
-    torch.set_num_threads(max(1, int(threads)))
-    with tempfile.TemporaryDirectory(prefix="diffatlas-calib-busy-") as tmp:
-        i = 0
-        while not stop.is_set():
-            if not go.is_set():
-                idle.set()
-                go.wait(0.1)
-                continue
-            idle.clear()
-            _train_rate(cfg, 4, per_tick, Path(tmp) / f"run{i}")
-            ready.set()
-            i += 1
-
-
-class _SamplingProbe:
-    """Seconds per sample and denoiser evaluation of `run`'s network at the evaluation's batch, as
-    measure_evaluation times it (sampling.generate on a snapshot of a few training steps)."""
-
-    def __init__(self, run: RunSpec, threads: int) -> None:
-        import torch
-
-        from ..evaluation import SAMPLE_BATCH
-        from ..sampling import load_run, run_plan
-
-        self.threads = threads
-        self._tmp = tempfile.TemporaryDirectory(prefix="diffatlas-calib-probe-")
-        run_dir = Path(self._tmp.name) / "run"
-        _train_rate(replace(run.config, train=replace(run.config.train, doctor=False, tensorboard=False)), 0, 1, run_dir)
-        self.loaded = load_run(run_dir, None, device="cpu")
-        dyn = self.loaded.denoiser.dynamics
-        self.plan = run_plan(self.loaded.cfg, dyn, sampler="ddim", steps=8 if dyn.steps is None else min(8, dyn.steps))
-        self.batch = SAMPLE_BATCH
-        k = self.loaded.num_classes
-        self.cond = (torch.arange(SAMPLE_BATCH) % k) if k else None
-
-    def seconds(self) -> float:
-        import torch
-
-        from ..sampling import generate
-
-        old = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        try:
-            p = self.plan
-            t0 = time.perf_counter()
-            _, nfe = generate(self.loaded.denoiser, self.loaded.shape, list(range(self.batch)), sampler=p.sampler,
-                              grid=p.grid, steps=p.steps, cond=self.cond, options=p.options, batch=self.batch)
-            return (time.perf_counter() - t0) / (self.batch * nfe)
-        finally:
-            torch.set_num_threads(old)
-
-    def close(self) -> None:
-        self._tmp.cleanup()
-
-
-def _wait_all(events, value: bool, timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if all(e.is_set() == value for e in events):
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def measure_contention(run: RunSpec, threads: int, others: int, steps: int = 3, repeats: int = 2) -> dict:
-    """How much `others` concurrent workers slow one: the training rate of `run` with `threads` threads,
-    and its sampling at the evaluation's batch, alone and while `others` processes (each with `threads`
-    threads) train the same config, measured back to back `repeats` times. Other load on the machine
-    only ever inflates the ratios, so the smallest of each is kept. Returns {alone, loaded, factor =
-    alone / loaded (>= 1) of training; sampling_factor, of sampling} or {error}."""
-    import multiprocessing as mp
-
-    first = calibrate(run, steps, threads)
-    if "error" in first:
-        return first
-    try:
-        probe = _SamplingProbe(run, threads)
-        probe.seconds()  # warm-up
-    except UserError as e:
-        return {"error": str(e)}
-    per_tick = max(1, math.ceil(0.25 * first["images_per_s"] / run.config.train.batch))  # ~0.25 s ticks
-    ctx = mp.get_context("spawn")
-    stop, go = ctx.Event(), ctx.Event()
-    procs, idles, readies = [], [], []
-    pairs, sampling = [], []
-    try:
-        go.set()
-        for _ in range(others):
-            idle, ready = ctx.Event(), ctx.Event()
-            p = ctx.Process(target=_busy, args=(run.config, threads, per_tick, go, idle, ready, stop), daemon=True)
-            p.start()
-            procs.append(p)
-            idles.append(idle)
-            readies.append(ready)
-        if not _wait_all(readies, True, 300):
-            return {"error": "the concurrent workers did not start within 300 s"}
-        for _ in range(max(1, repeats)):
-            go.clear()
-            if not _wait_all(idles, True, 120):
-                return {"error": "the concurrent workers did not pause within 120 s"}
-            alone = calibrate(run, steps, threads)
-            s_alone = probe.seconds()
-            go.set()
-            if not _wait_all(idles, False, 120):
-                return {"error": "the concurrent workers did not resume within 120 s"}
-            loaded = calibrate(run, steps, threads)
-            s_loaded = probe.seconds()
-            if "error" in alone or "error" in loaded:
-                return alone if "error" in alone else loaded
-            pairs.append((alone["images_per_s"], loaded["images_per_s"]))
-            sampling.append(s_loaded / s_alone)
-    finally:
-        probe.close()
-        stop.set()
-        go.set()
-        for p in procs:
-            p.join(timeout=60)
-            if p.is_alive():
-                p.terminate()
-                p.join()
-    a, b = min(pairs, key=lambda ab: ab[0] / ab[1])
-    return {"alone": a, "loaded": b, "factor": max(1.0, a / b), "sampling_factor": max(1.0, min(sampling))}
-
-
-# What a fresh `study run` process or local worker imports before its first run: the CLI's parser and
-# the modules of the per-run work (study.work.train_and_evaluate); TensorBoard's writer where installed.
-STARTUP_CODE = ("import diffatlas.cli as c; c.build_parser()\n"
-                "import diffatlas.study.work, diffatlas.study.runner, diffatlas.train, diffatlas.evaluation, "
-                "diffatlas.metrics, diffatlas.guidance\n"
-                "try:\n    import torch.utils.tensorboard\nexcept ImportError:\n    pass\n")
-
-
-def measure_startup() -> float | None:
-    """Seconds a fresh interpreter takes to import what a study process needs before its first run
-    (STARTUP_CODE); paid by the `study run` process and again by each worker process it starts. None
-    when that interpreter fails."""
-    import os
-    import subprocess
-    import sys
-
-    env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    t0 = time.perf_counter()
-    rc = subprocess.run([sys.executable, "-c", STARTUP_CODE], env=env, stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL, check=False).returncode
-    return time.perf_counter() - t0 if rc == 0 else None
 
 
 def _eval_line(what: str, u: EvalUnits) -> str:

@@ -1,7 +1,7 @@
 """Unit costs of a study's evaluation, measured on this machine through the code that does the work.
 
 Unit costs (:func:`measure_evaluation`) are timed on a snapshot written by the training
-calibration (study.plan), through the functions the evaluation calls: `sampling.load_run`,
+calibration (study.cost.training.calibrate), through the functions the evaluation calls: `sampling.load_run`,
 `sampling.generate` at the evaluation's batch (evaluation.SAMPLE_BATCH) with the guidance wrappers,
 the extractor's `features_and_logits`, the registered metric functions on features of the study's
 sample counts, `tensorboard_log.log_evaluation`, the data loader and the Frechet reference built

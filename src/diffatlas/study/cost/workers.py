@@ -1,10 +1,13 @@
 """Workers of a study on this machine's cores: the cores and CPU time at hand, each worker's torch
-threads, and the wall time of runs taken in the ledger's order by the first free worker."""
+threads, the wall time of runs taken in the ledger's order by the first free worker, and the start of
+a worker process (a fresh interpreter's imports)."""
 
 from __future__ import annotations
 
 import heapq
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 
 def cpu_count() -> int:
@@ -80,3 +83,28 @@ def wall_time(runs: list[RunTime], workers: int) -> float:
                 end = ready[r.key] + r.after
         heapq.heapreplace(free, end)
     return max(free)
+
+
+# What a fresh `study run` process or local worker imports before its first run: the CLI's parser and
+# the modules of the per-run work (study.work.train_and_evaluate); TensorBoard's writer where installed.
+STARTUP_CODE = ("import diffatlas.cli as c; c.build_parser()\n"
+                "import diffatlas.study.work, diffatlas.study.runner, diffatlas.train, diffatlas.evaluation, "
+                "diffatlas.metrics, diffatlas.guidance\n"
+                "try:\n    import torch.utils.tensorboard\nexcept ImportError:\n    pass\n")
+
+
+def measure_startup() -> float | None:
+    """Seconds a fresh interpreter takes to import what a study process needs before its first run
+    (STARTUP_CODE); paid by the `study run` process and again by each worker process it starts. None
+    when that interpreter fails."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[3])
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    t0 = time.perf_counter()
+    rc = subprocess.run([sys.executable, "-c", STARTUP_CODE], env=env, stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL, check=False).returncode
+    return time.perf_counter() - t0 if rc == 0 else None
