@@ -1,16 +1,9 @@
 """diffusers folders as diffatlas runs, and diffatlas runs as diffusers folders.
 
 A diffusers DDPM-family model folder (as `DDPMPipeline.save_pretrained` writes it) is a UNet2DModel
-plus a scheduler config. The scheduler config holds two different things:
-
-- the **process** the UNet was trained on: num_train_timesteps T, the beta schedule, prediction_type.
-  It becomes the run's dynamics (diffatlas's discrete DDPM of the same betas; step k of diffusers,
-  k = 0..T-1, is step k + 1 of Ho et al. 2020, at time t = (k + 1) / T) and parameterization
-  (epsilon -> eps, v_prediction -> v, sample -> x0; sigma_data = 1, so the network input is x_t);
-- **sampling conventions**: timestep_spacing, steps_offset, set_alpha_to_one, clip_sample,
-  thresholding, variance_type. They are stated in the run (source.json), not applied: diffatlas's
-  samplers do not clip, and `diffusers_grid` turns a scheduler's timesteps into the time grid on
-  which diffatlas's ddim (DDIMScheduler) or ancestral (DDPMScheduler) sampler takes the same steps.
+plus a scheduler config, which holds the process the UNet was trained on (it becomes the run's
+dynamics and parameterization) and sampling conventions (stated in the run's source.json, not
+applied); diffusers_scheduler.py says how each field is read.
 
 The UNet becomes the `diffusers-unet` network (networks/diffusers_unet.py), which maps c_noise
 back to the UNet's timestep. Export goes the other way: a run on a DDPM or VP process with the
