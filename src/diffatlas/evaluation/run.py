@@ -353,7 +353,7 @@ def write_eval_grid(run: RunDir, x: Tensor, *, kimg: float, snapshot: str, label
     save_image_grid(x, path)
     k = int(x.shape[0])
     meta = {"what": f"the first {k} samples of the evaluation of snapshot kimg {kimg:g} with setting {label!r}",
-            "kimg": kimg, "snapshot": snapshot, "label": label, **fields, "n_evaluated": fields.get("n"), "n": k, "seeds": [seed, seed + k - 1],
-            "labels": "cycling 0..K-1" if fields.get("conditioned") else None}
+            "kimg": kimg, "snapshot": snapshot, "label": label, **fields, "n_evaluated": fields.get("n"), "n": k,
+            "seeds": [seed, seed + k - 1], "labels": "cycling 0..K-1" if fields.get("conditioned") else None}
     atomic_write_json(path.with_suffix(".json"), json_clean(meta))
     return path
