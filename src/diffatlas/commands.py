@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -103,54 +102,15 @@ def _parse_options(items: list[str]) -> dict:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    import numpy as np
+    from .draw import draw_samples
 
-    from .config import sampler_options
-    from .io import atomic_write, atomic_write_json
-    from .rundir import RunDir
-    from .sampling import load_run, sample_run, save_image_grid
-
-    # everything checked before any work: the run, the request's size and seeds, the options, the output place
-    rd = RunDir(args.run)
-    cfg = rd.config()
-    shape = rd.dataset().shape
-    validate.seeds(args.seed, args.n)
-    per = 4 * math.prod(shape) * 3  # the samples, the grid image and the .npz copy
-    validate.memory(per * args.n, f"--n {args.n} samples of shape {shape}", "cpu", per, "samples")
-    options = sampler_options(args.sampler or cfg.sample.sampler, _parse_options(args.option))
-    if args.clip is not None:
-        from .samplers import parse_clip
-        parse_clip(args.clip)
-    if args.steps and args.nfe:
-        raise UserError("give --steps or --nfe (a budget of denoiser evaluations), not both")
-    if args.out:
-        validate.figure_path(args.out, "--out")
-    else:
-        validate.writable_dir(Path(args.run) / "samples", "samples folder")
-    device = validate.device(args.device)
-    cond, guidance = None, None
-    if args.klass is not None or args.guidance:
-        from .guidance import guidance_from_args
-        run = load_run(args.run, args.snapshot, device=device)
-        cond, guidance = guidance_from_args(run, args.klass, args.guidance, args.classifier, args.n, device)
-    res = sample_run(args.run, n=args.n, seed=args.seed, sampler=args.sampler, steps=args.steps, nfe=args.nfe,
-                     grid=args.grid, options=options, clip=args.clip, snapshot=args.snapshot, ema=not args.raw, cond=cond,
-                     guidance=guidance, device=device)
-    name = f"{res['snapshot']}-{res['sampler']}-{res['steps']}-seed{args.seed}"
-    if args.guidance:
-        name += "-" + args.guidance.replace(":", "")
-    if args.klass is not None:
-        name += f"-class{args.klass}"
-    out = Path(args.out) if args.out else Path(args.run) / "samples" / f"{name}.png"
-    save_image_grid(res["x"], out)
-    npz = out.with_suffix(".npz")
-    atomic_write(npz, lambda f: np.savez_compressed(f, samples=res["x"].numpy(), seeds=np.arange(args.seed, args.seed + args.n),
-                                                    labels=(cond.cpu().numpy() if cond is not None else np.array([]))))
-    meta = {k: v for k, v in res.items() if k != "x"} | {"n": args.n, "guidance": args.guidance, "class": args.klass}
-    atomic_write_json(out.with_suffix(".json"), meta)
+    res = draw_samples(args.run, n=args.n, seed=args.seed, sampler=args.sampler, steps=args.steps, nfe=args.nfe,
+                       grid=args.grid, options=_parse_options(args.option), clip=args.clip, snapshot=args.snapshot,
+                       ema=not args.raw, klass=args.klass, guidance=args.guidance, classifier=args.classifier,
+                       out=args.out, device=args.device)
     budget = f" of a budget of {res['nfe_budget']}" if res["nfe_budget"] else ""
     print(f"{args.n} samples ({res['sampler']}, {res['steps']} steps on the {res['grid']} grid, NFE {res['nfe']}{budget}, "
-          f"x0 clip {res['clip']}, snapshot kimg {res['kimg']:g}): {out}  {npz}")
+          f"x0 clip {res['clip']}, snapshot kimg {res['kimg']:g}): {res['png']}  {res['npz']}")
     return 0
 
 
