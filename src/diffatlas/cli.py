@@ -16,7 +16,8 @@ from .registry import UnknownNameError
 COMMAND_MODULES = [
     "diffatlas.commands",          # train, sample, list, doctor
     "diffatlas.samplers.commands",  # oracle
-    "diffatlas.metrics.commands",   # train-classifier, evaluate, curves, sample-size
+    "diffatlas.metrics.commands",   # train-classifier
+    "diffatlas.evaluation.commands",  # evaluate, curves, sample-size
     "diffatlas.guidance.commands",  # guidance-sweep
     "diffatlas.study.commands",     # study plan/run/status, report, quickstart
     "diffatlas.interop.commands",   # import diffusers, export diffusers

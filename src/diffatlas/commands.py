@@ -89,23 +89,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_options(items: list[str]) -> dict:
-    from .config import parse_value
-
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise UserError(f"--option {item!r} must be KEY=VALUE, e.g. eta=0.5")
-        k, v = item.split("=", 1)
-        out[k.strip()] = parse_value(v)
-    return out
-
-
 def cmd_sample(args: argparse.Namespace) -> int:
+    from .config import parse_key_values
     from .draw import draw_samples
 
     res = draw_samples(args.run, n=args.n, seed=args.seed, sampler=args.sampler, steps=args.steps, nfe=args.nfe,
-                       grid=args.grid, options=_parse_options(args.option), clip=args.clip, snapshot=args.snapshot,
+                       grid=args.grid, options=parse_key_values(args.option, "--option", "eta=0.5"), clip=args.clip, snapshot=args.snapshot,
                        ema=not args.raw, klass=args.klass, guidance=args.guidance, classifier=args.classifier,
                        out=args.out, device=args.device)
     budget = f" of a budget of {res['nfe_budget']}" if res["nfe_budget"] else ""

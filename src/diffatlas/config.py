@@ -244,6 +244,18 @@ def parse_value(raw: str) -> Any:
     return parse_yaml(raw, f"value {raw!r}")
 
 
+def parse_key_values(items: list[str], what: str = "--option", example: str = "") -> dict[str, Any]:
+    """Command-line KEY=VALUE items as a mapping, each value read by parse_value; a UserError (one line)
+    names the item that has no '='."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"{what} {item!r} must be KEY=VALUE" + (f", e.g. {example}" if example else ""))
+        k, v = item.split("=", 1)
+        out[k.strip()] = parse_value(v)
+    return out
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Set dotted keys in a plain-dict config (before typing)."""
     data = {k: dict(v) if isinstance(v, dict) else v for k, v in (data or {}).items()}
