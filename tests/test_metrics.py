@@ -31,6 +31,7 @@ from diffatlas.metrics import (
     train_classifier,
 )
 from diffatlas.metrics import extractors as ex
+from diffatlas.metrics import knn_manifold as knn
 from diffatlas.metrics import stats as st
 from diffatlas.metrics.reference import RefKey, load_reference_stats
 from diffatlas.metrics.sample_size import plot_sample_size, sample_size_table, sensitivity_summary
@@ -207,8 +208,8 @@ def test_precision_recall_geometric_cases(monkeypatch):
     fake = np.concatenate([real[:100], real[100:] + 100.0])
     p, r = precision_recall(fake, real)
     assert p == 0.5 and 0.0 < r < 1.0
-    # chunked evaluation (tiny blocks) gives the same numbers
-    monkeypatch.setattr(st, "_BLOCK_ELEMENTS", 64)
+    # chunked evaluation (tiny blocks) gives the same numbers; the block size is read where the blocks are cut
+    monkeypatch.setattr(knn, "_BLOCK_ELEMENTS", 64)
     assert precision_recall(fake, real) == (p, r)
 
 
