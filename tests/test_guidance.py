@@ -253,6 +253,25 @@ def test_guidance_from_args_errors_are_one_line(tmp_path: Path) -> None:
                     "no noise-aware classifier")
 
 
+def test_a_guidance_kind_is_its_builder_and_registration(tmp_path: Path, monkeypatch) -> None:
+    """A kind defined here (a 'damp:S' that scales the denoiser's output) is parsed from --guidance and
+    built by make_guidance with no other edit: make_guidance dispatches through GUIDANCE."""
+    from diffatlas.guidance import spec as G
+
+    monkeypatch.setattr(G, "GUIDANCE", type(G.GUIDANCE)("guidance"))
+
+    @G.GUIDANCE.register("damp", "damp:S, the denoiser's output times S (a test kind)")
+    def damp(run, scale, **_):
+        return lambda den: (lambda x, t, cond=None: scale * den(x, t, cond))
+
+    assert G.parse_guidance_spec("damp:0.5") == ("damp", 0.5)
+    run = _fake_run(tmp_path, True)
+    guided = G.make_guidance(run, "damp", 0.5)(lambda x, t, cond=None: x + 1)
+    assert torch.equal(guided(torch.ones(2), 0.3), torch.full((2,), 1.0))
+    with pytest.raises(UserError, match="choose one of: damp"):
+        G.make_guidance(run, "cfg", 2.0)
+
+
 def test_guidance_from_args_labels_and_wrappers(tmp_path: Path) -> None:
     unc, cond = _fake_run(tmp_path, False), _fake_run(tmp_path, True)
     labels, wrap = guidance_from_args(cond, None, None, None, 13, "cpu")

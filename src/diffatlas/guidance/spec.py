@@ -16,12 +16,9 @@ from ..registry import Registry
 from .classifier import NoiseAwareClassifier, load_noisy_classifier, untrained_classifier
 from .wrappers import classifier_free_guidance, classifier_guidance
 
-GUIDANCE: Registry[Callable[..., Any]] = Registry("guidance")
-GUIDANCE.register("classifier", "classifier:SCALE, gradient of a noise-aware classifier added to the score "
-                                "(Dhariwal & Nichol 2021); needs --classifier DIR or --classifier untrained")(
-    classifier_guidance)
-GUIDANCE.register("cfg", "cfg:W, classifier-free guidance D_u + W (D_c - D_u) of a conditional run trained with "
-                         "label dropout (Ho & Salimans 2022)")(classifier_free_guidance)
+# Each kind registers the builder of its wrapper: builder(run, scale, *, classifier, classifier_dir, device)
+# -> (denoiser -> guided denoiser); make_guidance looks it up, so a new kind is one builder and its entry.
+GUIDANCE: Registry[Callable[..., Callable[[Any], Any]]] = Registry("guidance")
 
 SPEC_HELP = "classifier:SCALE or cfg:W with a number >= 0, e.g. classifier:2 or cfg:3"
 
@@ -90,24 +87,37 @@ def resolve_classifier(run: Any, classifier_dir: str | Path | None, device: str 
     return clf
 
 
+@GUIDANCE.register("classifier", "classifier:SCALE, gradient of a noise-aware classifier added to the score "
+                                 "(Dhariwal & Nichol 2021); needs --classifier DIR or --classifier untrained")
+def _classifier_guidance_for(run: Any, scale: float, *, classifier: Any = None,
+                             classifier_dir: str | Path | None = None,
+                             device: str | torch.device = "cpu") -> Callable[[Any], Any]:
+    clf = classifier if classifier is not None else resolve_classifier(run, classifier_dir, device)
+    conditional = getattr(run, "num_classes", None) is not None
+    return lambda den: classifier_guidance(den, scale, classifier=clf, pass_cond=conditional)
+
+
+@GUIDANCE.register("cfg", "cfg:W, classifier-free guidance D_u + W (D_c - D_u) of a conditional run trained with "
+                          "label dropout (Ho & Salimans 2022)")
+def _classifier_free_guidance_for(run: Any, scale: float, **_: Any) -> Callable[[Any], Any]:
+    if getattr(run, "num_classes", None) is None:
+        raise UserError("cfg guidance needs a class-conditional run (train with network.conditional=true "
+                        "train.label_dropout=0.1); this run is unconditional")
+    cfg = getattr(run, "cfg", None)
+    if cfg is not None and scale != 1 and float(cfg.train.label_dropout) == 0:
+        raise UserError("cfg guidance needs a run trained with label dropout (train.label_dropout > 0): this "
+                        "run's null class was never trained; use cfg:1 for the plain conditional model")
+    k = int(run.num_classes)
+    return lambda den: classifier_free_guidance(den, scale, num_classes=k)
+
+
 def make_guidance(run: Any, kind: str, scale: float, *, classifier: Any = None, classifier_dir: str | Path | None = None,
                   device: str | torch.device = "cpu") -> Callable[[Any], Any]:
-    """A function denoiser -> guided denoiser for a loaded run (see `guidance_from_args` for the checks)."""
-    if kind == "classifier":
-        clf = classifier if classifier is not None else resolve_classifier(run, classifier_dir, device)
-        conditional = getattr(run, "num_classes", None) is not None
-        return lambda den: classifier_guidance(den, scale, classifier=clf, pass_cond=conditional)
-    if kind == "cfg":
-        if getattr(run, "num_classes", None) is None:
-            raise UserError("cfg guidance needs a class-conditional run (train with network.conditional=true "
-                            "train.label_dropout=0.1); this run is unconditional")
-        cfg = getattr(run, "cfg", None)
-        if cfg is not None and scale != 1 and float(cfg.train.label_dropout) == 0:
-            raise UserError("cfg guidance needs a run trained with label dropout (train.label_dropout > 0): this "
-                            "run's null class was never trained; use cfg:1 for the plain conditional model")
-        k = int(run.num_classes)
-        return lambda den: classifier_free_guidance(den, scale, num_classes=k)
-    raise UserError(f"unknown guidance {kind!r}; choose one of: {', '.join(GUIDANCE.names())}")
+    """A function denoiser -> guided denoiser for a loaded run (see `guidance_from_args` for the checks):
+    the registered builder of `kind` (GUIDANCE)."""
+    if kind not in GUIDANCE:
+        raise UserError(f"unknown guidance {kind!r}; choose one of: {', '.join(GUIDANCE.names())}")
+    return GUIDANCE.get(kind)(run, scale, classifier=classifier, classifier_dir=classifier_dir, device=device)
 
 
 def guidance_from_args(run: Any, klass: int | None, spec: str | None, classifier_dir: str | Path | None, n: int,
