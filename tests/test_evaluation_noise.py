@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from diffatlas.report.findings import noise_text
+from diffatlas.report.threats import noise_text
 from diffatlas.study import statistics as S
 
 

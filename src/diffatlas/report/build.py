@@ -29,6 +29,7 @@ from ..study.spec import short_key
 from . import fairness as FA
 from . import figures as F
 from . import findings as FI
+from . import threats as TH
 from .tuning import tuning_sections
 
 
@@ -265,7 +266,7 @@ def build_report(out: str | Path | StudyResults, samples: bool = True, seed: int
                             FI.what_we_found(verdicts, seeds or None)))
     sections.append(_verdict_section(verdicts, checks))
     sections.append(Section("Threats to validity", ["What limits these verdicts, from the study's own design and "
-                                                    "records."] + FI.threats(res, records, verdicts, checks)))
+                                                    "records."] + TH.threats(res, records, verdicts, checks)))
     sections.append(_fairness_section(res, checks))
     sections += tuning_sections(res.out, Section, Table)  # a study with `tune`: its tuning.json
 

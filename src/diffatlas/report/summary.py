@@ -39,6 +39,7 @@ from ..study.results import StudyResults
 from ..study.spec import ARMS, parse_arm
 from . import fairness as FA
 from . import findings as FI
+from . import threats as TH
 from .build import Section, Table, analyse, render_html, render_markdown, seed_count
 
 CLAIMS = (S.CLAIM_DISCRETE, S.CLAIM_SDE, S.CLAIM_CONVERGENCE, S.CLAIM_GUIDANCE, S.CLAIM_SIZE, S.CLAIM_IS)
@@ -277,7 +278,7 @@ def provenance_line(part: Part) -> str:
     devices = sorted({r.facts["device"] + (f" ({r.facts['gpu']})" if r.facts.get("gpu") else "")
                       for r in part.res.runs if r.facts.get("device")})
     trained = f"trained on {', '.join(devices)}" if devices else "training device not recorded"
-    return f"{part.label}: {_commit(prov)}, {date} on {_machine(prov)}; {trained}; {FI.wall_time_text(part.res)}."
+    return f"{part.label}: {_commit(prov)}, {date} on {_machine(prov)}; {trained}; {TH.wall_time_text(part.res)}."
 
 
 def _relative(target: Path, start: Path) -> str:
@@ -386,15 +387,15 @@ def build_summary(paths: Sequence[str | Path], out: str | Path, seed: int = 0) -
     sections.append(Section("What we found", found))
 
     threats = ["What limits these decisions, from each part's design and records."]
-    for fn in (FI.scale_text, FI.extractor_text, FI.samples_text):
+    for fn in (TH.scale_text, TH.extractor_text, TH.samples_text):
         threats += _merge([(p.label, fn(p.res)) for p in parts])
-    threats += _merge([(p.label, FI.seeds_text(p.res, list(p.verdicts.values()))) for p in parts])
-    threats += _merge([(p.label, FI.nfe_text(p.res, p.checks)) for p in parts])
-    threats += _merge([(p.label, FI.defaults_text(p.res)) for p in parts])
-    conv = [(p.label, t) for p in parts if (t := FI.convergence_text(p.res, p.records))]
+    threats += _merge([(p.label, TH.seeds_text(p.res, list(p.verdicts.values()))) for p in parts])
+    threats += _merge([(p.label, TH.nfe_text(p.res, p.checks)) for p in parts])
+    threats += _merge([(p.label, TH.defaults_text(p.res)) for p in parts])
+    conv = [(p.label, t) for p in parts if (t := TH.convergence_text(p.res, p.records))]
     if conv:
         threats += _merge(conv)
-    threats += _merge([(p.label, FI.compute_text(p.res)) for p in parts])
+    threats += _merge([(p.label, TH.compute_text(p.res)) for p in parts])
     threats.append("Multiplicity: each part's p-values are Holm-corrected over the claims that part decides; the "
                    f"decisions are also checked under Holm over all {k_all} decidable claims of all parts (see "
                    "'Decisions on the paper's claims'). Parts trained on different data or recipes are separate "
