@@ -47,7 +47,10 @@ definition of each claim is in :data:`DEFINITIONS`; `diffatlas calibrate` runs t
 simulated studies to measure its false-positive rate and power.
 
 The package: :mod:`.tests` (the paired tests and their power), :mod:`.pairs` (trained models, pairs,
-comparisons), :mod:`.claims` (one function per claim and `verdicts`).
+comparisons), :mod:`.verdict` (the claims' definitions, `Verdict`, `Effect` and the helpers every claim
+shares), :mod:`.equivalence` (the convergence claim: equivalence by two one-sided tests),
+:mod:`.reliability` (the IS-stability claim: ICC(1) over independent draws), :mod:`.claims` (the
+other claims and `verdicts`), :mod:`.noise` (the evaluation-noise share of the seed spread).
 """
 
 from .tests import (  # noqa: F401
@@ -79,7 +82,7 @@ from .pairs import (  # noqa: F401
     paired_differences,
 )
 from .noise import NoiseShare, evaluation_noise  # noqa: F401
-from .claims import (  # noqa: F401
+from .verdict import (  # noqa: F401
     CLAIM_CONVERGENCE,
     CLAIM_DISCRETE,
     CLAIM_GUIDANCE,
@@ -96,12 +99,14 @@ from .claims import (  # noqa: F401
     UNTESTED,
     VERDICTS,
     Verdict,
-    claim_better,
-    claim_guidance,
-    claim_is_stability,
-    claim_model_size,
-    claim_similar_convergence,
-    verdicts,
     _find_axis,
     _primary,
+)
+from .equivalence import claim_similar_convergence  # noqa: F401
+from .reliability import claim_is_stability  # noqa: F401
+from .claims import (  # noqa: F401
+    claim_better,
+    claim_guidance,
+    claim_model_size,
+    verdicts,
 )

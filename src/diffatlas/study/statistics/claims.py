@@ -1,165 +1,28 @@
-"""The paper's claims, each an operational definition (DEFINITIONS) decided from the records by the
-paired comparisons of .pairs and the tests of .tests; `verdicts` decides every claim of a study."""
+"""The paper's claims, each an operational definition (DEFINITIONS, in .verdict) decided from the
+records by the paired comparisons of .pairs and the tests of .tests: the comparative claims here,
+the convergence claim in .equivalence, the IS-stability claim in .reliability; `verdicts` decides
+every claim of a study."""
 
 from __future__ import annotations
 
-import itertools
-import math
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import special
 
 from ...data import DATASETS
 from ...metrics.spec import role as metric_role
-from .pairs import (EVAL_KEY, EVAL_LABELS, Comparison, Pairing, _compare, _comparison, _context, _holm_decide, _Index,
-                    _Model, _pair, _setting_of, axis_values, min_pairs)
-from .tests import ALPHA, POWER, TTest, _jackknife_se, holm, icc1_jackknife, min_sign_flip_p, paired_t
-
-CONVERGENCE_SPREAD = 0.2     # claim 2: convergence points differ by at most this fraction of the budget
-MIN_SETTLED = 0.5            # claim 2: similarity needs at least this fraction of settled curves per value
-UNTESTED, UNDERPOWERED = "not tested", "underpowered"
-NO_DIFFERENCE, INCONCLUSIVE = "no detectable difference", "inconclusive"
-VERDICTS = ("supported", "contradicted", NO_DIFFERENCE, INCONCLUSIVE, UNDERPOWERED, UNTESTED)
-
-CLAIM_DISCRETE = "DDPM-based beats NCSN-based (discrete: ddpm vs ncsn)"
-CLAIM_SDE = "DDPM-based beats NCSN-based (SDE: vp vs ve)"
-CLAIM_CONVERGENCE = "configurations reach stable quality at a similar point in training"
-CLAIM_GUIDANCE = "classifier guidance helps class accuracy but does not universally improve quality"
-CLAIM_SIZE = "model size matters more on complex data"
-CLAIM_IS = "IS is less sensitive to the number of samples than FID"
-
-_PAIRED = ("Each trained model (one seed of one configuration) is reduced to the mean of the primary metric "
-           "(FID if evaluated) over the evaluation settings every compared model has; models are paired by seed and "
-           "by every other axis both sides define. ")
-_DECISION = ("A direction needs the paired t-test's p below alpha after the Holm correction over the table's claims "
-             "and the sign-flip test's p below alpha (so at least 6 pairs at alpha 0.05); otherwise "
-             f"'{NO_DIFFERENCE}', or '{UNDERPOWERED}' where too few pairs exist to reach a verdict at all.")
-DEFINITIONS = {
-    CLAIM_DISCRETE: _PAIRED + "Supported: ddpm is better than ncsn; contradicted: ncsn is better. " + _DECISION,
-    CLAIM_SDE: _PAIRED + "Supported: vp is better than ve; contradicted: ve is better. " + _DECISION,
-    CLAIM_CONVERGENCE: (
-        "Convergence point of a curve: the first kimg from which the primary metric stays within 5% of its plateau "
-        "(median of the last 3 evaluations); a curve that never settles counts as the training budget (censored, "
-        "never dropped). For every factor that varies schedule, sampler, steps, grid, guidance or the evaluation "
-        "setting, every pair of its values is compared on paired trained models (a model's mean over its settings "
-        "for a model-level factor; each model's own settings for an evaluation-level one). Supported (equivalence): "
-        f"every pair's 95% t-interval lies within +-{CONVERGENCE_SPREAD:.0%} of the budget, every pair has at least 6 "
-        f"trained-model pairs and at least {MIN_SETTLED:.0%} of each value's curves settled; contradicted: some pair "
-        "differs by more than the margin (one-sided t-test, Bonferroni over the pairs). The claim's p-value (twice "
-        f"the better route's) enters the Holm correction; otherwise '{INCONCLUSIVE}'. The dynamics axis is shown as a "
-        "contrast (the claim expects it to matter more)."),
-    CLAIM_GUIDANCE: (
-        "Each guidance strength is compared with no guidance within each trained model (same sampler), on class "
-        "accuracy and on each quality metric (FID, KID, IS). Supported: accuracy is higher at every strength and at "
-        "least one quality metric is worse at some strength; contradicted: accuracy is lower at some strength, or "
-        "every quality metric improves at every strength. Each route's p-value combines its tests (the largest for "
-        "'every', Bonferroni for 'some'); the claim's p-value (twice the better route's) enters the Holm correction, "
-        f"and the sign-flip check applies to each test used. Otherwise '{INCONCLUSIVE}'."),
-    CLAIM_SIZE: (
-        "Per pair of seeds (and other shared axes), the relative gain of the largest over the smallest network on "
-        "the primary metric, on the most and on the least complex dataset (order: toy < digits < mnist < "
-        "fashion-mnist < cifar10 < image folders/ffhq). Supported: the gain is larger on the complex dataset and "
-        "positive there; contradicted: smaller. " + _DECISION),
-    CLAIM_IS: (
-        "Reliability of one evaluation at a fixed small n: the intraclass correlation ICC(1) (Shrout & Fleiss "
-        "1979) of each metric over the runs, from independent evaluations of each run's final snapshot on disjoint "
-        "per-sample seed ranges (evaluation.draws): how well one evaluation at that n ranks the runs. FID's bias in "
-        "1/n shifts every run alike and does not raise or lower it. Supported: IS's ICC is higher than FID's "
-        "(jackknife t-interval over runs); contradicted: lower; the n sweep (relative change between sample "
-        f"counts) is shown but not tested, because FID's 1/n bias favours IS by construction. Otherwise "
-        f"'{NO_DIFFERENCE}'."),
-}
-
+from .equivalence import claim_similar_convergence
+from .pairs import (Pairing, _compare, _comparison, _context, _holm_decide, _Index, axis_values,
+                    min_pairs)
+from .reliability import claim_is_stability
+from .tests import ALPHA, holm, min_sign_flip_p, paired_t
+from .verdict import (CLAIM_DISCRETE, CLAIM_GUIDANCE, CLAIM_SDE, CLAIM_SIZE, DEFINITIONS, INCONCLUSIVE,
+                      NO_DIFFERENCE, UNDERPOWERED, UNTESTED, Verdict, _find_axis, _primary, _routes)
 
 
 # ---- claims ----------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Effect:
-    """The headline number of a claim that no single Comparison carries (convergence, IS stability):
-    `quantity` estimated as `estimate` with its 95% interval `ci`, in `unit`, from `n` units (pairs of
-    trained models or runs); `detectable`: the smallest effect found with 80% power, in `unit`;
-    `margin`: an equivalence margin, in `unit`, where the claim is an equivalence."""
-
-    quantity: str
-    estimate: float
-    ci: tuple[float, float]
-    unit: str
-    n: int
-    detectable: float = math.nan
-    margin: float = math.nan
-
-
-@dataclass
-class Verdict:
-    """One row of the verdict table.
-
-    verdict: one of :data:`VERDICTS`; p: the claim's p-value before the correction across claims,
-    p_adj after it; lean: the verdict the evidence points to if significant; robust: the sign-flip
-    checks of the tests behind `lean` pass; n: the `unit`s behind the verdict (pairs of trained
-    models, or runs)."""
-
-    claim: str
-    verdict: str
-    evidence: list[str]
-    n: int
-    definition: str = ""
-    p: float = math.nan
-    p_adj: float = math.nan
-    lean: str | None = None
-    robust: bool = True
-    undecided: str = NO_DIFFERENCE
-    tests: list[Comparison] = field(default_factory=list)
-    unit: str = "pairs of trained models"   # what n counts
-    effect: Effect | None = None            # the headline number where `tests` hold none (convergence, IS)
-
-    @property
-    def decidable(self) -> bool:
-        return self.verdict not in (UNTESTED, UNDERPOWERED) and np.isfinite(self.p)
-
-    def decide(self, p_adj: float, alpha: float = ALPHA, alpha_bar: float | None = None) -> Verdict:
-        """The verdict at the adjusted p-value (Holm across the table's claims)."""
-        if not self.decidable:
-            return self
-        self.p_adj = p_adj
-        self.verdict = self.lean if (self.lean and p_adj < alpha and self.robust) else self.undecided
-        if alpha_bar is not None:  # the smallest detectable effects now refer to Holm's strictest step
-            for c in self.tests:
-                old = c.summary()
-                c.alpha_bar = alpha_bar
-                new = c.summary()
-                self.evidence = [e.replace(old, new) for e in self.evidence]
-        return self
-
-
-def _primary(metrics: Sequence[str]) -> str | None:
-    for m in ("fid", "is", "kid"):
-        if m in metrics:
-            return m
-    return metrics[0] if metrics else None
-
-
-def _find_axis(axes: Sequence[str], *needles: str) -> str | None:
-    for a in axes:
-        if any(n == a or n in a for n in needles):
-            return a
-    return None
-
-
-def _routes(claim: str, n: int, evidence: list[str], tests: list[Comparison], routes: dict[str, tuple[float, bool]],
-            undecided: str, alpha: float) -> Verdict:
-    """A claim decided by routes {verdict: (p, robust)}: p of the claim = the smallest route p times
-    the number of routes (Bonferroni over the two directions, as a two-sided test)."""
-    lean, (p, robust) = min(routes.items(), key=lambda kv: kv[1][0])
-    p_claim = min(1.0, len(routes) * p)
-    v = Verdict(claim, undecided, evidence, n, DEFINITIONS.get(claim, ""), p_claim, math.nan, lean, robust, undecided,
-                tests)
-    return v.decide(p_claim, alpha)
-
 
 def claim_better(records: Sequence[dict], axes: Sequence[str], metrics: Sequence[str], claim: str, axis_key: str,
                  a: str, b: str, seed: int = 0, *, alpha: float = ALPHA, ix: _Index | None = None) -> Verdict:
@@ -194,146 +57,6 @@ def claim_better(records: Sequence[dict], axes: Sequence[str], metrics: Sequence
                         + "; ".join(f"{c.settings[0]}: {c.summary()}" for c in _holm_decide(per_setting, alpha)))
     routes = {"supported": (main.p_better, main.robust), "contradicted": (main.p_worse, main.robust)}
     return _routes(claim, main.n_pairs, evidence, [main], routes, NO_DIFFERENCE, alpha)
-
-
-def _tost(d: Sequence[float], margin: float) -> tuple[float, float, TTest]:
-    """Two one-sided t-tests on paired differences against +-margin (Schuirmann 1987).
-    Returns (p_equivalent: |mu| < margin, p_beyond: |mu| > margin, the t-test of the mean)."""
-    tt = paired_t(d)
-    if tt.n < 2 or not np.isfinite(tt.sd):
-        return math.nan, math.nan, tt
-    se = tt.sd / math.sqrt(tt.n)
-    if se == 0:
-        inside = abs(tt.mean) < margin
-        return (0.0 if inside else 1.0), (0.0 if abs(tt.mean) > margin else 1.0), tt
-    df = tt.n - 1
-    p_eq = max(float(special.stdtr(df, -(tt.mean + margin) / se)), float(special.stdtr(df, (tt.mean - margin) / se)))
-    p_beyond = (float(special.stdtr(df, -(tt.mean - margin) / se)) if tt.mean >= 0
-                else float(special.stdtr(df, (tt.mean + margin) / se)))
-    return p_eq, p_beyond, tt
-
-
-def _convergence_factors(axes: Sequence[str], ix: _Index, metric: str) -> list[str]:
-    factors = [a for a in axes if any(w in a for w in ("schedule", "sampler", "grid", "guidance", "steps"))
-               and a != "guidance"]
-    settings = {s for m in ix.table(metric, "restricted_kimg").values() for s in m.at}
-    if len({s[0] for s in settings}) > 1:
-        factors.append(EVAL_KEY)
-    if len({s[1] for s in settings}) > 1:
-        factors.append("guidance")
-    return factors
-
-
-def _values_of(ix: _Index, metric: str, factor: str) -> list[str]:
-    table = ix.table(metric, "restricted_kimg")
-    if factor in EVAL_LABELS:
-        i = EVAL_LABELS.index(factor)
-        vals = sorted({s[i] for m in table.values() for s in m.at if s[i] is not None})
-    else:
-        vals = sorted({str(m.labels[factor]) for m in table.values() if factor in m.labels})
-    return vals
-
-
-def _settled_share(ix: _Index, metric: str, factor: str, value: str) -> tuple[int, int]:
-    """(settled curves, curves) of one value of a factor."""
-    i = EVAL_LABELS.index(factor) if factor in EVAL_LABELS else None
-    n = s = 0
-    for r in ix.by_metric.get(metric, ()):
-        lab = r["labels"]
-        v = _setting_of(lab)[i] if i is not None else (str(lab[factor]) if factor in lab else None)
-        if v == value:
-            n += 1
-            s += bool(r.get("converged_kimg") is not None and r.get("settled", True))
-    return s, n
-
-
-def claim_similar_convergence(records: Sequence[dict], axes: Sequence[str], metrics: Sequence[str], budget: float | None,
-                              threshold: float = CONVERGENCE_SPREAD, seed: int = 0, *, alpha: float = ALPHA,
-                              ix: _Index | None = None) -> Verdict:
-    """Claim: across schedules, samplers and guidance, quality stabilises at a similar kimg.
-    An equivalence test on restricted convergence points (see :data:`DEFINITIONS`)."""
-    claim = CLAIM_CONVERGENCE
-    definition = DEFINITIONS[claim]
-    ix = ix or _Index(records, budget)
-    primary = _primary(metrics)
-    if primary is None:
-        return Verdict(claim, UNTESTED, ["no metric evaluated"], 0, definition)
-    rec = ix.by_metric.get(primary, [])
-    budget = budget or max((r.get("budget_kimg") or 0 for r in rec), default=0) or None
-    if not budget:
-        return Verdict(claim, UNTESTED, ["no training budget known"], 0, definition)
-    ix.budget = budget
-    factors = _convergence_factors(axes, ix, primary)
-    if not factors:
-        return Verdict(claim, UNTESTED, ["the study varies no schedule, sampler, steps or guidance"], 0, definition)
-    margin = threshold * budget
-    table = ix.table(primary, "restricted_kimg")
-    evidence, p_eq, p_beyond, n_max, too_few, unsettled = [], [], [], 0, [], []
-    overall = None  # (factor, a, b, t-test) of the largest difference over every factor
-    for f in factors:
-        vals = _values_of(ix, primary, f)
-        if len(vals) < 2:
-            continue
-        shares = {v: _settled_share(ix, primary, f, v) for v in vals}
-        unsettled += [f"{f}={v}: {n - s} of {n}" for v, (s, n) in shares.items() if n and s < MIN_SETTLED * n]
-        worst = None
-        for a, b in itertools.combinations(vals, 2):
-            d = _pair(table, f, a, b).differences
-            eq, beyond, tt = _tost(d, margin)
-            n_max = max(n_max, len(d))
-            if not np.isfinite(eq) or len(d) < min_pairs(alpha):  # the same design rule as every comparison
-                too_few.append(f"{f}: {a} vs {b} ({len(d)} pair(s))")
-                continue
-            p_eq.append(eq)
-            p_beyond.append(beyond)
-            if worst is None or abs(tt.mean) > abs(worst[2].mean):
-                worst = (a, b, tt)
-        means = ", ".join(f"{v}: {np.mean(ms):.3g}" for v in vals
-                          if (ms := _factor_means(table, f, v)))
-        settled = ", ".join(f"{v} {s}/{n}" for v, (s, n) in shares.items())
-        line = f"{f}: mean convergence kimg ({primary}, unsettled curves at the {budget:g}-kimg budget) {means}; settled {settled}"
-        if worst:
-            a, b, tt = worst
-            if overall is None or abs(tt.mean) > abs(overall[3].mean):
-                overall = (f, a, b, tt)
-            line += (f"; largest difference {a} - {b} = {tt.mean:+.3g} kimg [95% CI {tt.ci[0]:+.3g}, {tt.ci[1]:+.3g}] = "
-                     f"{tt.mean / budget:+.1%} of the budget vs margin +-{threshold:.0%}, {tt.n} pairs")
-        evidence.append(line)
-    dyn = _find_axis(axes, "dynamics.name")
-    if dyn:
-        spread = []
-        for a, b in itertools.combinations(_values_of(ix, primary, dyn), 2):
-            tt = paired_t(_pair(table, dyn, a, b).differences)
-            if tt.n >= 2:
-                spread.append((abs(tt.mean), a, b, tt))
-        if spread:
-            _, a, b, tt = max(spread, key=lambda x: x[0])
-            evidence.append(f"for contrast, {dyn}: largest difference {a} - {b} = {tt.mean:+.3g} kimg "
-                            f"[95% CI {tt.ci[0]:+.3g}, {tt.ci[1]:+.3g}] = {tt.mean / budget:+.1%} of the budget")
-    if too_few:
-        evidence.append(f"fewer than {min_pairs(alpha)} pairs of trained models, not tested: " + "; ".join(too_few))
-    if not p_eq:
-        return Verdict(claim, UNDERPOWERED, evidence or ["too few trained models per factor value"], n_max, definition)
-    if unsettled:
-        evidence.append("similarity cannot be shown: most curves of " + "; ".join(unsettled) +
-                        " never settled (the budget may be too short)")
-    p_supp = max(p_eq) if not (unsettled or too_few) else 1.0
-    p_contra = min(1.0, min(p_beyond) * len(p_beyond))
-    v = _routes(claim, n_max, evidence, [], {"supported": (p_supp, True), "contradicted": (p_contra, True)},
-                INCONCLUSIVE, alpha)
-    if overall is not None:
-        f, a, b, tt = overall
-        v.effect = Effect(f"largest difference in convergence kimg ({primary}), {f}: {a} - {b}", tt.mean, tt.ci,
-                          "kimg", tt.n, margin=margin)
-    return v
-
-
-def _factor_means(table: dict[Any, _Model], factor: str, value: str) -> list[float]:
-    if factor in EVAL_LABELS:
-        i = EVAL_LABELS.index(factor)
-        return [v for m in table.values() for s, v in m.at.items() if s[i] == value]
-    return [float(np.mean(list(m.at.values()))) for m in table.values()
-            if factor in m.labels and str(m.labels[factor]) == value]
 
 
 _OFF = (None, 0, 0.0, False, "none", "off", "null", "None")
@@ -447,69 +170,6 @@ def claim_model_size(records: Sequence[dict], axes: Sequence[str], metrics: Sequ
     return _routes(claim, len(d), ev, [comp], {"supported": (max(comp.p_better, gc_test.p_greater), comp.robust),
                                                "contradicted": (comp.p_worse, comp.robust)}, NO_DIFFERENCE, alpha)
 
-
-def _draw_tables(ix: _Index) -> tuple[dict[str, np.ndarray], int, list]:
-    """Per metric (fid, is) a (runs, draws) table of the models evaluated on independent draws of both."""
-    per: dict[tuple, dict[str, dict]] = defaultdict(dict)
-    for m in ("fid", "is"):
-        for r in ix.by_metric.get(m, ()):
-            dr = r.get("draws")
-            if dr and len(dr.get("values") or ()) >= 2:
-                per[(r.get("run"), str(r["labels"].get(EVAL_KEY)))][m] = dr
-    both = [(key, d) for key, d in sorted(per.items(), key=lambda kv: str(kv[0])) if len(d) == 2]
-    if not both:
-        return {}, 0, []
-    k = min(len(d[m]["values"]) for _, d in both for m in ("fid", "is"))
-    return ({m: np.array([[float(v) for v in d[m]["values"][:k]] for _, d in both]) for m in ("fid", "is")}, k,
-            [d["fid"].get("n") for _, d in both])
-
-
-def claim_is_stability(sweeps: Sequence[dict] = (), seed: int = 0, *, records: Sequence[dict] = (), alpha: float = ALPHA,
-                       ix: _Index | None = None) -> Verdict:
-    """Claim: IS ranks runs more reliably than FID at a small sample count: ICC(1) of each metric
-    over runs from independent draws (records' "draws"), compared with a jackknife t-interval over
-    runs. `sweeps` (per run {"fid": {n: v}, "is": {n: v}}) are shown, not tested (see DEFINITIONS)."""
-    claim = CLAIM_IS
-    definition = DEFINITIONS[claim]
-    ix = ix or _Index(records)
-    tables, k, ns = _draw_tables(ix)
-    shown = []
-    rel = [(abs(s["fid"][min(s["fid"])] - s["fid"][max(s["fid"])]) / abs(s["fid"][max(s["fid"])]),
-            abs(s["is"][min(s["is"])] - s["is"][max(s["is"])]) / abs(s["is"][max(s["is"])]))
-           for s in sweeps if len(set(s.get("fid", {})) & set(s.get("is", {}))) >= 2
-           and s["fid"][max(s["fid"])] and s["is"][max(s["is"])]]
-    if rel:
-        shown.append(f"n sweep (not tested: FID's bias in 1/n favours IS by construction): relative change from the "
-                     f"smallest to the largest n, FID {np.mean([a for a, _ in rel]):.1%}, IS {np.mean([b for _, b in rel]):.1%} "
-                     f"over {len(rel)} run(s)")
-    if not tables:
-        return Verdict(claim, UNTESTED, ["no run was evaluated on independent draws of FID and IS (add evaluation.draws, "
-                                         "e.g. {n: 500, count: 4})"] + shown, 0, definition)
-    runs = len(ns)
-    if runs < 3:
-        return Verdict(claim, UNDERPOWERED, [f"{runs} run(s) with draws of FID and IS; the comparison needs at least 3"]
-                       + shown, runs, definition, unit="runs")
-    icc_f, loo_f = icc1_jackknife(tables["fid"])
-    icc_i, loo_i = icc1_jackknife(tables["is"])
-    d_icc, se = icc_i - icc_f, _jackknife_se(loo_i - loo_f)
-    se_f, se_i = _jackknife_se(loo_f), _jackknife_se(loo_i)
-    df = runs - 1
-    q = float(special.stdtrit(df, 0.975))
-    if se > 0 and np.isfinite(d_icc):
-        p_up, p_down = float(special.stdtr(df, -d_icc / se)), float(special.stdtr(df, d_icc / se))
-    else:  # every leave-one-out estimate agrees
-        p_up, p_down = (0.5, 0.5) if not d_icc else ((0.0, 1.0) if d_icc > 0 else (1.0, 0.0))
-    n_txt = ", ".join(sorted({str(n) for n in ns}))
-    ev = [f"reliability of one evaluation at n = {n_txt} ({k} independent draws per run, {runs} runs): ICC(1) FID "
-          f"{icc_f:.3f} [{icc_f - q * se_f:.3f}, {icc_f + q * se_f:.3f}], IS {icc_i:.3f} [{icc_i - q * se_i:.3f}, "
-          f"{icc_i + q * se_i:.3f}]; IS - FID = {d_icc:+.3f} [95% CI {d_icc - q * se:+.3f}, {d_icc + q * se:+.3f}] "
-          f"(jackknife over runs), smallest detectable difference at 80% power about "
-          f"{(q + float(special.stdtrit(df, POWER))) * se:.3f}"] + shown
-    v = _routes(claim, runs, ev, [], {"supported": (p_up, True), "contradicted": (p_down, True)}, NO_DIFFERENCE, alpha)
-    v.unit = "runs"
-    v.effect = Effect(f"ICC(1) of one evaluation at n = {n_txt}, IS - FID", d_icc, (d_icc - q * se, d_icc + q * se),
-                      "ICC", runs, (q + float(special.stdtrit(df, POWER))) * se)
-    return v
 
 
 def verdicts(records: Sequence[dict], axes: Sequence[str], metrics: Sequence[str], *, budget: float | None = None,
