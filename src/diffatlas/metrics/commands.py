@@ -1,4 +1,7 @@
-"""Subcommands: train-classifier, evaluate, curves, sample-size."""
+"""Subcommands: train-classifier, evaluate, curves, sample-size.
+
+Handlers import the code they drive when they run: `diffatlas --help` and argument errors build
+every command's parser and should load none of it."""
 
 from __future__ import annotations
 
