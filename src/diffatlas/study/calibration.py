@@ -41,6 +41,7 @@ import numpy as np
 from ..errors import UserError
 from ..metrics import METRICS
 from . import statistics as S
+from .exact import check
 from .results import setting_label
 from .spec import load_study
 
@@ -52,9 +53,7 @@ CHECKS: dict[str, Callable[[int], tuple[str, list[str]]]] = {}
 
 def _exact_denoiser(seed: int) -> tuple[str, list[str]]:
     """Every dynamics with the exact Gaussian-mixture denoiser through the real sampling code and
-    the real verdicts (study/exact.py); imported on use, so the CLI starts without torch's samplers."""
-    from .exact import check
-
+    the real verdicts (study/exact.py)."""
     return check(seed)
 
 
