@@ -358,6 +358,7 @@ SAMPLER_CALL_ARGS = ("denoiser", "x", "ts", "generator", "cond", "denoise_final"
 def sampler_options(sampler: str, given: dict, label: str = "--option") -> dict:
     """Options for sampler `sampler` (a SAMPLERS name), checked by :func:`check_options` before any sampling.
     A rule (auto, classic) names a sampler only per process, so it takes no options."""
+    # on use: config imports no torch; these registries' modules do
     from .samplers import SAMPLER_RULES, SAMPLERS
 
     if sampler in SAMPLER_RULES:
@@ -369,6 +370,7 @@ def sampler_options(sampler: str, given: dict, label: str = "--option") -> dict:
 
 def resolve(cfg: Config) -> Config:
     """Check every name, key and number and fill every default into the config."""
+    # on use: config imports no torch; these registries' modules do
     from .dynamics import DYNAMICS
     from .losses import WEIGHTINGS
     from .parameterization import PARAMETERIZATIONS
@@ -405,6 +407,7 @@ def _own_keys(cls: type) -> tuple[str, ...]:
 
 def _resolve_registries(cfg: Config, dyn: Any) -> Config:
     """Names and options of the data, network and sampler axes; these registries live in optional modules."""
+    # on use: config imports no torch; these registries' modules do
     from .data import DATASETS
     from .networks import NETWORKS, PRESETS
     from .samplers import SAMPLERS, parse_clip, plan_sampling, resolve_sampler

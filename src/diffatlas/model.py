@@ -7,6 +7,8 @@ from torch import nn
 from .config import Config
 from .denoiser import Denoiser
 from .dynamics import Dynamics, build_dynamics
+from .errors import UserError
+from .networks import build_network
 
 
 def make_dynamics(cfg: Config) -> Dynamics:
@@ -14,9 +16,6 @@ def make_dynamics(cfg: Config) -> Dynamics:
 
 
 def make_network(cfg: Config, shape: tuple[int, ...], num_classes: int | None) -> nn.Module:
-    from .errors import UserError
-    from .networks import build_network
-
     if cfg.network.conditional and not num_classes:
         raise UserError(f"network.conditional=true needs a labelled dataset; {cfg.data.name} has no labels")
     classes = num_classes if cfg.network.conditional else None

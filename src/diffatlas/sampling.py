@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .checkpoint import list_snapshots, load_meta, load_weights, snapshot_mismatch
-from .config import Config
+from .config import Config, sampler_options
 from .denoiser import Denoiser
 from .dynamics import Dynamics
 from .errors import UserError
@@ -30,8 +30,6 @@ def run_plan(cfg: Config, dynamics: Dynamics, *, sampler: str | None = None, ste
     out comes from the run's sample config; the config's steps apply only when the request names
     neither steps nor an NFE budget. Options are the config's, overridden by the request's, checked
     against the sampler before any sampling."""
-    from .config import sampler_options
-
     s = cfg.sample
     name = sampler or s.sampler
     name = resolve_sampler(dynamics, name)

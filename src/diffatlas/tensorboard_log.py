@@ -102,7 +102,7 @@ def log_evaluation(run_dir: str | Path, enabled: bool, kimg: float, entries: Ite
         return
     from torch.utils.tensorboard import SummaryWriter
 
-    from .sampling import grid_image
+    from .sampling import grid_image  # on use: this module imports no torch; sampling does
 
     step = _images(kimg)
     writer = SummaryWriter(str(Path(run_dir) / TB_DIR), filename_suffix=".eval")

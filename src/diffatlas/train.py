@@ -27,12 +27,16 @@ from . import __version__, validate
 from .checkpoint import (DATASET_FILE, STATS_FILE, list_snapshots, load_meta, load_state,
                          load_weights, read_stats, remove_interrupted_writes, remove_old_snapshots, save_snapshot,
                          snapshot_mismatch)
-from .config import Config, dump_yaml, resolve, to_dict
+from .config import Config, dump_yaml, from_dict, resolve, to_dict
+from .data import dataset_from_config
+from .doctor import check_run
 from .errors import UserError
 from .io import (append_jsonl, atomic_write_json, atomic_write_text, exclusive, parse_yaml, read_json, read_text,
                  rewrite_jsonl)
 from .losses import denoising_loss
 from .model import make_denoiser, make_dynamics, make_network
+from .networks import PRESETS, count_flops, count_parameters
+from .registry import UnknownNameError
 from .tensorboard_log import RunLog
 
 
@@ -166,9 +170,6 @@ def _training_bytes(build: Any, shape: tuple[int, ...], batch: int, cond: bool) 
 def _same_with_new_defaults(old: Any, cfg: Config) -> bool:
     """A config saved before a key existed (e.g. train.tensorboard) is the same run when the key's default
     fills the gap."""
-    from .config import from_dict
-    from .registry import UnknownNameError
-
     try:
         return to_dict(resolve(from_dict(old))) == to_dict(cfg)
     except (UserError, UnknownNameError, TypeError, ValueError):
@@ -206,8 +207,6 @@ def records_cuda_graphs(cfg: Config, device: torch.device, world: int) -> bool:
 
 def describe_network(cfg: Config, net: nn.Module, shape) -> dict[str, Any]:
     """The network as built for this run's data: preset, resolved architecture, size and cost."""
-    from .networks import PRESETS, count_flops, count_parameters
-
     return {"preset": cfg.network.preset, "family": PRESETS.get(cfg.network.preset).family,
             "architecture": getattr(net, "config", None), "overrides": cfg.network.options,
             "shape": list(shape), "params": count_parameters(net),
@@ -274,8 +273,6 @@ def train(cfg: Config, run_dir: str | Path, *, progress: bool | None = None, log
 
 
 def _train(cfg: Config, run_dir: Path, *, progress: bool | None, log) -> dict[str, Any]:
-    from .data import dataset_from_config
-
     rank, world, local_rank = dist_info()
     done_path = run_dir / "DONE"
     if cfg.train.batch % world:
@@ -461,8 +458,6 @@ def _train(cfg: Config, run_dir: Path, *, progress: bool | None, log) -> dict[st
 
 def run_doctor(cfg: Config, ema: nn.Module, dynamics, dataset, run_dir: Path, log=print) -> bool:
     """Check that the trained (EMA) network uses its noise level and class label; record doctor.json."""
-    from .doctor import check_run
-
     report = check_run(make_denoiser(cfg, ema, dynamics), dataset, run_dir,
                        num_classes=dataset.num_classes if cfg.network.conditional else None)
     if not report.ok:

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..samplers.plan import plan_sampling
 from ..schedules import GRID_SIGMA_HAT_MAX
 from .base import Dynamics
 
@@ -35,8 +36,6 @@ def log_snr_curve(dynamics: Dynamics, *, x: str = "t", points: int = 400,
         t = torch.linspace(dynamics.t_min, dynamics.t_max, points, dtype=torch.float64)
         xs = (t - dynamics.t_min) / (dynamics.t_max - dynamics.t_min)
     elif x == "fraction":
-        from ..samplers.plan import plan_sampling
-
         t = plan_sampling(dynamics, "auto", steps=steps, grid=grid).times(dynamics)
         xs = torch.linspace(0.0, 1.0, len(t), dtype=torch.float64) if len(t) > 1 else torch.zeros(1, dtype=torch.float64)
     else:

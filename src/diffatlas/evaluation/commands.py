@@ -1,4 +1,7 @@
-"""Subcommands: evaluate, curves, sample-size (the evaluation of a run's snapshots)."""
+"""Subcommands: evaluate, curves, sample-size (the evaluation of a run's snapshots).
+
+Handlers import the code they drive when they run: `diffatlas --help` and argument errors build
+every command's parser and should load none of it."""
 
 from __future__ import annotations
 

@@ -12,8 +12,12 @@ from typing import Any
 import torch
 
 from ..errors import UserError
+from ..guidance import resolve_classifier
+from ..guidance.classifier import NOISY_RECIPE, _dynamics_record
 from ..io import build_once, cache_root, json_clean
 from ..metrics.eval_classifier import data_id
+from ..metrics.extractors import state_dict_hash
+from ..model import make_dynamics
 from ..rundir import RunInfo
 
 NOISY_CLASSIFIER_DIR = "noisy-classifier"  # RUN/<this>: a run's own guidance classifier, used when present
@@ -27,9 +31,6 @@ def default_noisy_classifier_dir(cfg: Any) -> Path:
     process (and the training recipe, guidance.NOISY_RECIPE), not on the run's network or seed, so
     every run of a study with the same data and process shares one classifier instead of training
     its own."""
-    from ..guidance.classifier import NOISY_RECIPE, _dynamics_record
-    from ..model import make_dynamics
-
     d = cfg.data
     record = {"dynamics": _dynamics_record(make_dynamics(cfg), cfg.dynamics.name), "recipe": NOISY_RECIPE,
               "split": d.split}
@@ -41,6 +42,7 @@ def default_noisy_classifier_dir(cfg: Any) -> Path:
 def train_shared_noisy_classifier(run_dir: Path, final: Path, device: torch.device, log: LogFn) -> None:
     """Train the noise-aware classifier into `final` once: concurrent evaluations (study workers) wait
     for the first of them and then load the one it wrote."""
+    # looked up on each call, so that guidance.train_noisy_classifier_for can be replaced (tests shorten it)
     from ..guidance import train_noisy_classifier_for
 
     with build_once(final) as tmp:
@@ -55,9 +57,6 @@ def guidance_classifier(run_dir: Path, cfg: Any, shape: tuple[int, ...], k: int 
     """The noise-aware classifier of classifier guidance and its identity (weights hash). Default:
     RUN/noisy-classifier when a run has its own, else the shared one of its dataset and process
     (default_noisy_classifier_dir), trained there first when absent."""
-    from ..guidance import resolve_classifier
-    from ..metrics.extractors import state_dict_hash
-
     if classifier_dir is None:
         classifier_dir = run_dir / NOISY_CLASSIFIER_DIR
         if not classifier_dir.is_dir():

@@ -18,10 +18,13 @@ from torch import Tensor
 
 from .. import validate
 from ..errors import UserError
+from ..guidance import make_guidance, parse_guidance_spec
 from ..io import append_jsonl, atomic_write_json, json_clean
 from ..metrics import METRICS, EXTRACTORS, MetricContext
 from ..metrics.eval_classifier import evaluation_classifier
+from ..metrics.likelihood import LikelihoodSettings
 from ..metrics.spec import yielded_by
+from ..model import make_dynamics
 from ..rundir import METRICS_FILE, RunDir, RunInfo
 from ..samplers.clip import resolve_clip
 from ..samplers.plan import request_label
@@ -133,9 +136,6 @@ def evaluate_run(
     Returns:
         The entries of this setting for the chosen snapshots and metrics (logged earlier or now), by kimg.
     """
-    from ..guidance import make_guidance, parse_guidance_spec
-    from ..model import make_dynamics
-
     log = log or _quiet
     run_dir = Path(run_dir)
     requested = check_metrics(metrics)
@@ -161,8 +161,6 @@ def evaluate_run(
     dyn = make_dynamics(cfg)
     lik_base: dict[str, Any] = {}
     if model_metrics:
-        from ..metrics.likelihood import LikelihoodSettings
-
         lik = LikelihoodSettings.from_options(likelihood).resolved(shape, dyn)
         heun = lik.solver == "heun"
         lik_base = {"sampler": lik.solver, "grid": lik.grid if heun else None, "steps": lik.steps if heun else None,

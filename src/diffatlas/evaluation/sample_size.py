@@ -13,6 +13,8 @@ import torch
 from .. import validate
 from ..errors import UserError
 from ..io import atomic_write_json, atomic_write_text, json_clean
+from ..metrics.sample_size import plot_sample_size, sample_size_table, sensitivity_summary
+from ..model import make_dynamics
 from ..samplers.clip import resolve_clip
 from ..sampling import load_run, read_run_config, run_plan
 from .inputs import Reference, load_extractor, sample_images
@@ -62,9 +64,6 @@ def sample_size_run(
         {"rows", "summary" (mean |relative change| per metric: smaller = less sensitive), "verdict",
         "kimg", "png", "json", "md", "sampler", "grid", "steps", "nfe", "extractor", "extractor_hash"}.
     """
-    from ..metrics.sample_size import plot_sample_size, sample_size_table, sensitivity_summary
-    from ..model import make_dynamics
-
     log = log or _quiet
     run_dir = Path(run_dir)
     names = check_metrics(metrics)

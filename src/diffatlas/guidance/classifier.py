@@ -37,9 +37,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import validate
+from ..config import load_config, resolve
+from ..data import dataset_from_config
 from ..denoiser import per_sample
 from ..dynamics.base import Dynamics, append_dims
 from ..errors import UserError
+from ..io import read_saved_module, write_saved_module
+from ..metrics.extractors import state_dict_hash
+from ..model import make_dynamics
 from ..networks.layers import Downsample, NoiseEmbedding, ResBlock, num_groups
 
 NOISY_FORMAT = "diffatlas-noisy-classifier-v1"
@@ -311,9 +317,6 @@ def train_noisy_classifier(dataset: Any, dynamics: Dynamics, *, steps: int = 200
 def save_noisy_classifier(out_dir: str | Path, model: NoiseAwareClassifier, info: dict[str, Any] | None = None) -> Path:
     """Write noisy_classifier.safetensors and noisy_classifier.json (atomically, :func:`io.write_saved_module`)
     into out_dir (created)."""
-    from ..io import write_saved_module
-    from ..metrics.extractors import state_dict_hash
-
     path = Path(out_dir)
     record = {"architecture": "NoiseAwareClassifier", "kwargs": model.kwargs, "info": dict(info or {})}
     write_saved_module(model.state_dict(), path / NOISY_META, path / NOISY_WEIGHTS, format=NOISY_FORMAT,
@@ -326,9 +329,6 @@ def load_noisy_classifier(path_dir: str | Path, device: str | torch.device = "cp
 
     The training record is attached as `model.info`. Raises UserError for a missing folder or file, a
     JSON of another format (e.g. an evaluation classifier) or weights whose hash differs from the record."""
-    from ..io import read_saved_module
-    from ..metrics.extractors import state_dict_hash
-
     path = Path(path_dir)
     meta_path, weights_path = path / NOISY_META, path / NOISY_WEIGHTS
     if not meta_path.is_file() or not weights_path.is_file():
@@ -346,8 +346,7 @@ def load_noisy_classifier(path_dir: str | Path, device: str | torch.device = "cp
 # ---- from a run or a config -----------------------------------------------------------------------
 
 def _config_of(run_or_config: str | Path):
-    from ..config import load_config
-    from ..sampling import read_run_config
+    from ..sampling import read_run_config  # on use: keeps the sampling layer out of `diffatlas --help`
 
     p = Path(run_or_config)
     if p.is_dir():
@@ -368,11 +367,6 @@ def train_noisy_classifier_for(run_or_config: str | Path, out_dir: str | Path, *
     when the dataset has one) and its dynamics. Saves to out_dir; returns (model, info).
 
     This is what `diffatlas train-classifier --noisy RUN_OR_CONFIG -o OUT_DIR` calls."""
-    from .. import validate
-    from ..config import resolve
-    from ..data import dataset_from_config
-    from ..model import make_dynamics
-
     cfg = resolve(_config_of(run_or_config))
     device = validate.device(device)
     d = cfg.data

@@ -1,4 +1,7 @@
-"""Subcommand: guidance-sweep (class accuracy and quality against guidance scale)."""
+"""Subcommand: guidance-sweep (class accuracy and quality against guidance scale).
+
+Handlers import the code they drive when they run: `diffatlas --help` and argument errors build
+every command's parser and should load none of it."""
 
 from __future__ import annotations
 

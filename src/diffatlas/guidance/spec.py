@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ..errors import UserError
 from ..registry import Registry
+from ..rundir import RunDir
 from .classifier import NoiseAwareClassifier, load_noisy_classifier, untrained_classifier
 from .wrappers import classifier_free_guidance, classifier_guidance
 
@@ -51,7 +52,6 @@ def dataset_num_classes(run: Any) -> int | None:
     """Number of classes of a loaded run's dataset (from its dataset.json), None if unlabelled."""
     if getattr(run, "num_classes", None):
         return int(run.num_classes)
-    from ..rundir import RunDir
 
     d = _run_dir(run)
     if d is None or not RunDir(d).dataset_file.exists():

@@ -25,14 +25,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..data import dataset_from_config
 from ..errors import UserError
 from ..io import atomic_write, atomic_write_text
+from ..metrics import compute_metrics, load_classifier
+from ..samplers.clip import resolve_clip
+from ..sampling import generate, load_run, run_plan, save_image_grid
+from .spec import GUIDANCE, dataset_num_classes, make_guidance, parse_guidance_spec, resolve_classifier
 
 
 def _real_images(cfg: Any) -> tuple[Tensor, Tensor, str]:
     """Real images and labels of the run's dataset: the test split when it has one, else its own split."""
-    from ..data import dataset_from_config
-
     d = cfg.data
     for split in ("test", d.split):
         try:
@@ -48,8 +51,6 @@ def _real_images(cfg: Any) -> tuple[Tensor, Tensor, str]:
 
 def _quality(fake: Tensor, real: Tensor, extractor: Any, splits: int) -> dict[str, float]:
     """FID against `real` and IS over `splits` splits (Salimans et al. 2016 use 10 splits of 5,000)."""
-    from ..metrics import compute_metrics
-
     if fake.shape[0] < 2 or real.shape[0] < 2:
         return {"fid": float("nan"), "is": float("nan")}
     rec = compute_metrics(fake, real, extractor, metrics=("fid", "is"), is_splits=max(1, min(splits, fake.shape[0])))
@@ -120,11 +121,6 @@ def guidance_sweep(run_dir: str | Path, kind: str, scales: Sequence[float], *, n
         fid_per_class, is_per_class, fid_per_class_mean, nfe, seconds, sampler, grid, steps, n_per_class,
         kimg, extractor, weights_hash, real_split. Also written to out_dir (see module docstring).
     """
-    from ..metrics import load_classifier
-    from ..samplers.clip import resolve_clip
-    from ..sampling import generate, load_run, run_plan, save_image_grid
-    from .spec import GUIDANCE, dataset_num_classes, make_guidance, parse_guidance_spec
-
     GUIDANCE.get(kind)
     if int(n_per_class) < 1:
         raise UserError(f"n_per_class must be >= 1, got {n_per_class}")
@@ -151,7 +147,6 @@ def guidance_sweep(run_dir: str | Path, kind: str, scales: Sequence[float], *, n
     seeds = list(range(int(seed), int(seed) + n))
     classifier = None
     if kind == "classifier":
-        from .spec import resolve_classifier
         classifier = resolve_classifier(run, classifier_dir, device)
     rows: list[dict[str, Any]] = []
     for scale in scales:

@@ -1,4 +1,7 @@
-"""CLI: `diffatlas import diffusers PATH --run-dir RUN` and `diffatlas export diffusers RUN OUT`."""
+"""CLI: `diffatlas import diffusers PATH --run-dir RUN` and `diffatlas export diffusers RUN OUT`.
+
+Handlers import the code they drive when they run: `diffatlas --help` and argument errors build
+every command's parser and should load none of it."""
 
 from __future__ import annotations
 

@@ -16,8 +16,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..dynamics.discrete import DDPM
 from ..errors import UserError
 from ..io import atomic_dir
+from ..networks import PRESETS
 from ..networks.diffusers_unet import clean_unet_config, require_diffusers, unet_state_dict
 from .diffusers_folders import EXPORT_INFO, LogFn, _fresh_target, check_against_unet
 from .diffusers_scheduler import BETA_SCHEDULES, PREDICTION_TYPES
@@ -160,9 +162,7 @@ def export_diffusers(run_dir: str | Path, out: str | Path, *, snapshot: str | fl
     exported schedule. Anything else is refused with the reason. timesteps: the number of steps of a
     VP-SDE's discretization (default 1000). Also writes diffatlas_export.json (where it came from, the
     check against the run's denoiser)."""
-    from ..dynamics.discrete import DDPM
-    from ..networks import PRESETS
-    from ..sampling import load_run
+    from ..sampling import load_run  # on use: keeps the sampling layer out of `diffatlas --help`
 
     log = log or (lambda _: None)
     diffusers = require_diffusers("diffatlas export diffusers")

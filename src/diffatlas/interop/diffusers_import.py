@@ -14,8 +14,13 @@ from typing import Any
 
 import torch
 
+from .. import __version__
+from ..checkpoint import save_snapshot
+from ..config import apply_overrides, dump_yaml, from_dict, parse_override, resolve
+from ..data import dataset_from_config
 from ..errors import UserError
-from ..io import atomic_dir
+from ..io import atomic_dir, atomic_write_json, atomic_write_text
+from ..model import make_denoiser, make_dynamics, make_network
 from ..networks.diffusers_unet import clean_unet_config, require_diffusers
 from .diffusers_folders import (EXPORT_INFO, SOURCE_INFO, LogFn, _fresh_target, _load_unet_weights, _read_json,
                                 check_against_unet)
@@ -42,13 +47,7 @@ def import_diffusers(path: str | Path, run_dir: str | Path, overrides: list[str]
         A record: run_dir, kimg, dynamics, parameterization, check_max_abs_diff (max |output difference|
         between the run's network and the UNet itself at three timesteps), notes on diffusers' conventions.
     """
-    from .. import __version__
-    from ..checkpoint import save_snapshot
-    from ..io import atomic_write_json, atomic_write_text
-    from ..config import apply_overrides, dump_yaml, from_dict, parse_override, resolve
-    from ..data import dataset_from_config
-    from ..model import make_denoiser, make_dynamics, make_network
-    from ..train import describe_network
+    from ..train import describe_network  # on use: keeps the training layer out of `diffatlas --help`
 
     log = log or (lambda _: None)
     diffusers = require_diffusers("diffatlas import diffusers")

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..dynamics.discrete import DDPM
 from ..errors import UserError
 
 # diffusers beta_schedule -> diffatlas BETA_SCHEDULES name (same betas: linear; scaled_linear = sqrt(beta)
@@ -52,8 +53,6 @@ class SchedulerProcess:
 
 def read_scheduler(config: dict[str, Any]) -> SchedulerProcess:
     """The training process of a DDPM/DDIM-family scheduler config; UserError for what diffatlas cannot take."""
-    from ..dynamics.discrete import DDPM
-
     name = str(config.get("_class_name", "DDPMScheduler"))
     if name not in SCHEDULER_CLASSES:
         raise UserError(f"scheduler {name} is not a DDPM/DDIM-family scheduler; diffatlas imports models of "
@@ -130,8 +129,6 @@ def diffusers_grid(config: dict[str, Any], num_inference_steps: int, dynamics: A
     diffusers then evaluates the model at a timestep the sample is not at), a DDPM variance other
     than the posterior's, and noise levels outside the dynamics' time range.
     """
-    from ..dynamics.discrete import DDPM
-
     name = scheduler or str(config.get("_class_name", "DDIMScheduler"))
     if name not in ("DDIMScheduler", "DDPMScheduler"):
         raise UserError(f"diffatlas reproduces DDIMScheduler (ddim) and DDPMScheduler (ancestral), not {name}")

@@ -35,6 +35,7 @@ from .extractors import (
     save_classifier,
     train_classifier,
 )
+from .likelihood import evaluate_bpd
 from .spec import METRICS, Metric, higher_is_better, register_metric
 from .reference import RefKey, RefStats, load_reference_stats, reference_stats, save_reference_stats
 from .stats import (
@@ -198,8 +199,6 @@ def _class_accuracy(ctx: MetricContext) -> list[dict[str, Any]]:
                         "needs the model, not features)", higher_is_better=False, role="likelihood", needs_model=True)
 def _bpd(denoiser: Any, x: Tensor, labels: Tensor | None = None, **kwargs: Any) -> list[dict[str, Any]]:
     """A model metric: evaluated on data x (n, *shape) by the denoiser itself (likelihood.evaluate_bpd)."""
-    from .likelihood import evaluate_bpd
-
     return [evaluate_bpd(denoiser, x, labels, **kwargs)]
 
 

@@ -1,4 +1,7 @@
-"""Subcommand: train-classifier (the evaluation classifier of a dataset, or a run's noise-aware one)."""
+"""Subcommand: train-classifier (the evaluation classifier of a dataset, or a run's noise-aware one).
+
+Handlers import the code they drive when they run: `diffatlas --help` and argument errors build
+every command's parser and should load none of it."""
 
 from __future__ import annotations
 

@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UserError
-from ..io import write_saved_module
+from ..io import read_saved_module, write_saved_module
 from ..registry import Registry
+from .inception import FEATURE_DIM, NUM_CLASSES, STANDARD_SHA256_PREFIX, load_fid_inception
 
 EXTRACTORS: Registry = Registry("extractor")
 
@@ -356,8 +357,6 @@ def load_classifier(path_dir: str | Path, device: str | torch.device = "cpu") ->
 
     Raises UserError if the folder or a file is missing, the JSON is not a diffatlas classifier,
     or the weights' hash differs from the one recorded."""
-    from ..io import read_saved_module
-
     path = Path(path_dir)
     meta_path, weights_path = path / CLASSIFIER_META, path / CLASSIFIER_WEIGHTS
     if not meta_path.is_file() or not weights_path.is_file():
@@ -420,7 +419,6 @@ class InceptionExtractor(FeatureExtractor):
     def __init__(self, weights_path: str | Path | None = None, device: str | torch.device = "cpu",
                  batch_size: int = 64) -> None:
         super().__init__()
-        from .inception import FEATURE_DIM, NUM_CLASSES, STANDARD_SHA256_PREFIX, load_fid_inception
 
         path = Path(weights_path).expanduser() if weights_path is not None else inception_weights_path()
         if not path.is_file():

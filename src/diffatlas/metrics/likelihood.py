@@ -44,7 +44,12 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
+from ..samplers import default_grid
+from ..samplers.base import coefficients_at
+from ..samplers.ode import dormand_prince
+from ..schedules import make_grid
 from .spec import higher_is_better
+from .stats import bootstrap_ci
 
 SOLVERS = ("rk45", "heun")
 DIVERGENCES = ("auto", "exact", "hutchinson")
@@ -114,8 +119,6 @@ class LikelihoodSettings:
 
     def resolved(self, shape: tuple[int, ...], dynamics: Any) -> LikelihoodSettings:
         """The 'auto' choices made for data of per-sample `shape` under `dynamics`."""
-        from ..samplers import default_grid
-
         dim = int(np.prod(shape))
         out = self.checked()
         if out.divergence == "auto":
@@ -167,10 +170,6 @@ def log_likelihood(denoiser: Any, x: Tensor, *, settings: LikelihoodSettings | N
     Returns:
         (logp (N,) float64 on x's device, denoiser evaluations used).
     """
-    from ..samplers.base import coefficients_at
-    from ..samplers.ode import dormand_prince
-    from ..schedules import make_grid
-
     dyn = denoiser.dynamics
     shape = tuple(x.shape[1:])
     s = (settings or LikelihoodSettings()).resolved(shape, dyn)
@@ -244,8 +243,6 @@ def evaluate_bpd(denoiser: Any, x: Tensor, labels: Tensor | None = None, *, sett
     per evaluation, the time range and the prior; with n_boot > 0 a percentile bootstrap interval over
     samples.
     """
-    from .stats import bootstrap_ci
-
     n = int(x.shape[0])
     if n < 1:
         raise UserError("bpd needs at least one data point")

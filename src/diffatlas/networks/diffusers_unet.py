@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..dynamics.discrete import DDPM
 from ..errors import UserError
 
 # Ho et al. 2020's CIFAR-10 model in diffusers' terms (the layout of diffusers' DDPM CIFAR-10 port:
@@ -75,8 +76,6 @@ def clean_unet_config(config: dict[str, Any]) -> dict[str, Any]:
 
 def timestep_table(train_schedule: dict[str, Any] | None) -> Tensor:
     """-log alpha_bar_k of the training schedule, k = 0..T-1 (increasing), float64 on the CPU."""
-    from ..dynamics.discrete import DDPM
-
     with torch.device("cpu"):  # also when the network is built under a meta-device context
         try:
             dyn = DDPM(**dict(train_schedule or {}))

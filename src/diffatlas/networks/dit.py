@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 from .layers import AdaLNModulation, ClassEmbedding, NoiseEmbedding, modulate, sincos_pos_embed_2d, zero_
+from .unet import _square_image
 
 
 class DiTBlock(nn.Module):
@@ -123,8 +124,6 @@ class DiT(nn.Module):
     @classmethod
     def from_shape(cls, shape: Sequence[int], num_classes: int | None = None, **kwargs) -> DiT:
         """Build for per-sample shape (C, H, H); H must be divisible by the patch size."""
-        from .unet import _square_image
-
         kwargs.pop("_explicit", None)
         c, res = _square_image(shape, "dit")
         p = int(kwargs.get("patch_size", 2))

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import UserError
 from .layers import ChannelLinear, ClassEmbedding, NoiseEmbedding
 from .unet import _square_image
 
@@ -252,8 +253,6 @@ class RefineNet(nn.Module):
     @classmethod
     def from_shape(cls, shape: Sequence[int], num_classes: int | None = None, **kwargs) -> RefineNet:
         """Build for per-sample shape (C, H, H) with H even."""
-        from ..errors import UserError
-
         kwargs.pop("_explicit", None)
         c, res = _square_image(shape, "refinenet")
         if res % 2:

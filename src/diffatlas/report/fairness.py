@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..samplers.base import sampler_kind as registered_kind
 from ..study import statistics as S
 
 NOT_RECORDED = "not recorded"
@@ -32,8 +33,6 @@ FLAG = "FLAG"   # the first word of a flagged comparison's cell
 def sampler_kind(sampler: Any, options: dict | None) -> str:
     """'stochastic (...)', 'ODE' or 'unknown' for a sampler name and its (resolved) options, as the
     sampler registry states it (samplers.base.sampler_kind); options None: not recorded."""
-    from ..samplers.base import sampler_kind as registered_kind
-
     return registered_kind(sampler, options)
 
 

@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..dynamics import DYNAMICS
 from ..study.spec import short_key  # noqa: E402
 
 
@@ -93,8 +94,6 @@ def metric_vs_nfe(points: dict[str, list[tuple[float, float]]], metric: str) -> 
 
 def build_dynamics_from_config(d: dict) -> Any:
     """The run's dynamics from its resolved config section {name, options}."""
-    from ..dynamics import DYNAMICS
-
     cls = DYNAMICS.get(d["name"])
     params = inspect.signature(cls.__init__).parameters
     opts = {k: v for k, v in (d.get("options") or {}).items() if k in params}

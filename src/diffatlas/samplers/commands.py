@@ -1,5 +1,8 @@
 """`diffatlas oracle`: every dynamics x sampler pair against data whose denoiser is exact
-(samplers.oracle_study.run_oracle); prints the tables and writes oracle.jsonl and one figure per problem."""
+(samplers.oracle_study.run_oracle); prints the tables and writes oracle.jsonl and one figure per problem.
+
+Handlers import the code they drive when they run: `diffatlas --help` and argument errors build
+every command's parser and should load none of it."""
 
 from __future__ import annotations
 

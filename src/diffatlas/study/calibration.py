@@ -39,7 +39,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
+from ..metrics import METRICS
 from . import statistics as S
+from .exact import check
+from .results import setting_label
+from .spec import load_study
 
 # Checks run after the simulations, in order: name -> fn(seed) -> (verdict, table lines). A check
 # that is not registered reads "not run" in the final line.
@@ -49,9 +53,7 @@ CHECKS: dict[str, Callable[[int], tuple[str, list[str]]]] = {}
 
 def _exact_denoiser(seed: int) -> tuple[str, list[str]]:
     """Every dynamics with the exact Gaussian-mixture denoiser through the real sampling code and
-    the real verdicts (study/exact.py); imported on use, so the CLI starts without torch's samplers."""
-    from .exact import check
-
+    the real verdicts (study/exact.py)."""
     return check(seed)
 
 
@@ -104,9 +106,6 @@ def paper_layout(seeds: int = 6) -> Layout:
 
 def study_layout(study: Any, seeds: int | None = None) -> Layout:
     """The layout of a study (diffatlas.study.spec.Study); `seeds` replaces its seed count."""
-    from ..metrics import METRICS
-    from .results import setting_label
-
     settings = []
     for s in study.evaluation.samplers:
         settings.append((setting_label(s), s.get("guidance") or "none", setting_label({**s, "guidance": None})))
@@ -324,8 +323,6 @@ def _check_args(args: argparse.Namespace) -> None:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     _check_args(args)
     if args.study:
-        from .spec import load_study
-
         layout = study_layout(load_study(args.study), args.seeds)
     else:
         layout = paper_layout(args.seeds or 6)

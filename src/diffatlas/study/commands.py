@@ -1,4 +1,7 @@
-"""CLI: `diffatlas study plan|run|status|cancel|export`, `diffatlas report`, `diffatlas quickstart`."""
+"""CLI: `diffatlas study plan|run|status|cancel|export`, `diffatlas report`, `diffatlas quickstart`.
+
+Handlers import the code they drive when they run: `diffatlas --help` and argument errors build
+every command's parser and should load none of it."""
 
 from __future__ import annotations
 

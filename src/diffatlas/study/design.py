@@ -17,7 +17,10 @@ from typing import Any, Callable, Sequence
 
 from .. import config as C
 from ..errors import UserError
+from ..guidance import make_guidance, parse_guidance_spec
+from ..model import make_dynamics
 from ..registry import UnknownNameError
+from ..rundir import RunInfo
 from .eval_spec import Evaluation
 from .executors import ExecutorSpec
 
@@ -199,8 +202,7 @@ class Study:
     def _check_sampling(self, cfg: Any, where: str) -> None:
         """Every evaluation setting must plan on the run's process (e.g. no more steps than a discrete
         process has): refused now, not after training."""
-        from ..model import make_dynamics
-        from ..sampling import run_plan
+        from ..sampling import run_plan  # on use: keeps the sampling layer out of `diffatlas --help`
 
         dyn = make_dynamics(cfg)
         for j, setting in enumerate(self.evaluation.samplers):
@@ -212,9 +214,6 @@ class Study:
 
     def _check_guidance(self, cfg: Any, where: str) -> None:
         """Classifier-free guidance in the evaluation plan needs a conditional run: refused now, not after training."""
-        from ..guidance import make_guidance, parse_guidance_spec
-        from ..rundir import RunInfo
-
         for j, setting in enumerate(self.evaluation.samplers):
             parsed = parse_guidance_spec(setting.get("guidance"))
             if parsed is None or parsed[0] != "cfg":

@@ -11,8 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import validate
+from ..config import sampler_options
 from ..errors import UserError
+from ..guidance import parse_guidance_spec
+from ..metrics import EXTRACTORS, METRICS
 from ..registry import UnknownNameError
+from ..samplers import parse_clip
+from ..samplers.plan import check_sampler_name
+from ..schedules import GRIDS
 from ..validate import COUNT_MAX, KIMG_MAX, SEED, STEPS, Range
 
 EVAL_KEYS = ("metrics", "n", "every_kimg", "samplers", "n_sweep", "extractor", "seed", "draws", "sample_grid")
@@ -55,12 +61,6 @@ SETTING_KEYS = ("sampler", "steps", "nfe", "grid", "options", "clip", "guidance"
 
 def _parse_sampler_setting(s: Any, j: int) -> dict:
     """One evaluation setting, every name and number checked now (not after the runs are trained)."""
-    from ..config import sampler_options
-    from ..guidance import parse_guidance_spec
-    from ..samplers import parse_clip
-    from ..samplers.plan import check_sampler_name
-    from ..schedules import GRIDS
-
     where = f"evaluation.samplers[{j}]"
     if s is None:
         return {}
@@ -114,7 +114,6 @@ def setting_kwargs(setting: dict) -> dict:
 def parse_evaluation(d: Any) -> Evaluation:
     if d is None:
         return Evaluation()
-    from ..metrics import EXTRACTORS, METRICS
 
     if not isinstance(d, dict):
         raise UserError(f"evaluation must be a mapping with keys {', '.join(EVAL_KEYS)}")

@@ -40,6 +40,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from .. import __version__
 from ..errors import UserError
 from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_text
 from .ledger import RunRow
@@ -144,8 +145,6 @@ def git_commit(where: Path | None = None) -> dict:
 def provenance(command: str | None = None) -> dict:
     """Where an export came from: the command, the code's commit, the machine and the date."""
     import torch
-
-    from .. import __version__
 
     return {"command": command if command is not None else " ".join(["diffatlas", *sys.argv[1:]]),
             "diffatlas": __version__, "code": git_commit(),

@@ -23,10 +23,13 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import UserError
+from .calibration import design_lines
 from .cost import (GPU_RATES, EvalUnits, RunTime, Work, calibrate, cpu_count, cpu_seconds, data_label, gpu_estimate,
                    measure_contention, measure_evaluation, measure_startup, network_label, run_work, wall_time,
                    worker_threads)
+from .cost.workload import _dynamics, setting_nfe
 from .executors import ExecutorSpec
+from .runner import describe_request
 from .spec import PHASE_KEY, RunSpec, Study, is_tuning, short_key
 from .status import format_duration
 from .tuning import plan_lines
@@ -88,7 +91,6 @@ def plan_text(study: Study, runs: list[RunSpec], *, measure: bool = True, steps:
     lines.append(f"evaluation: {', '.join(ev.metrics)} with n={ev.n}, {every}, "
                  f"samplers: {samplers}" + (f", n sweep {list(ev.n_sweep)}" if ev.n_sweep else "")
                  + (f", {ev.draws['count']} independent draws at n={ev.draws['n']}" if ev.draws else ""))
-    from .calibration import design_lines
 
     lines += design_lines(study)
     nfe_of = _nfe_cache()
@@ -121,8 +123,6 @@ def asks_for_gpu(study: Study) -> bool:
 
 def _nfe_cache() -> Callable[[RunSpec, dict], int]:
     """setting_nfe, once per (dynamics, sample config, setting)."""
-    from .cost.workload import _dynamics, setting_nfe
-
     seen: dict[str, int] = {}
 
     def nfe_of(run: RunSpec, setting: dict) -> int:
@@ -291,14 +291,12 @@ def _measured_lines(study: Study, runs: list[RunSpec], works: list[Work], steps:
 def executor_text(spec: ExecutorSpec, runs: list[RunSpec], out: Path) -> str:
     """What `study run` would submit with a cluster executor: the request per run and, for Slurm,
     the sbatch script of the first run."""
-    from .runner import describe_request
-
     spec = spec.resolved()
     lines = [f"executor: {spec.name}, {len(runs)} job(s) of {describe_request(spec)} each"
              + (f", at most {spec.max_jobs} at once" if spec.max_jobs else "")
              + (f"; training under torchrun with {spec.gpus_per_run} processes per run" if spec.gpus_per_run > 1 else "")]
     if spec.name == "slurm" and runs:
-        from .executors.slurm import sbatch_script
+        from .executors.slurm import sbatch_script  # on use: the optional dependency submitit
 
         s = spec.slurm
         lines.append(f"time limit {s.time_min} min; at the limit a job is requeued (at most {s.max_requeues} times) "

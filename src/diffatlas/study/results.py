@@ -17,6 +17,8 @@ from pathlib import Path
 
 from ..checkpoint import read_stats
 from ..errors import UserError
+from ..io import read_json
+from ..samplers.plan import request_label
 from .convergence import convergence_point
 from .ledger import Ledger, RunRow
 from .spec import is_tuning
@@ -36,8 +38,6 @@ def eval_label(entry: dict) -> str:
 
 def setting_label(setting: dict) -> str:
     """The label a study's evaluation setting (study.spec) gets in its entries: eval_label's."""
-    from ..samplers.plan import request_label
-
     label = request_label(setting.get("sampler"), setting.get("steps"), setting.get("nfe"), setting.get("grid"),
                           setting.get("options"), setting.get("clip"))
     g = setting.get("guidance")
@@ -51,7 +51,7 @@ def last_stats(run_dir: Path) -> dict | None:
 
 def run_metrics(run_dir: Path) -> list[dict]:
     """Every entry of RUN/metrics.jsonl in file order (not deduplicated)."""
-    from ..evaluation import read_metrics
+    from ..evaluation import read_metrics  # on use: keeps the evaluation layer out of `diffatlas --help`
 
     return read_metrics(run_dir, dedupe=False)
 
@@ -151,8 +151,6 @@ def run_facts(row: RunRow) -> dict:
     it trained with (environment.json), the training's wall seconds (the last tick of stats.jsonl)
     and the ledger's start and finish times of its last attempt (seconds since the epoch). A file that
     is missing or unreadable leaves its facts out: they describe the run, they decide nothing."""
-    from ..io import read_json
-
     run_dir = Path(row.run_dir)
     out: dict = {}
 

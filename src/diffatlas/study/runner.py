@@ -33,6 +33,7 @@ from ..io import atomic_write_text
 from ..errors import UserError, one_line
 from ..tensorboard_log import link_runs
 from .executors import ExecutorSpec
+from .executors.remote import RemoteDriver
 from .ledger import Ledger, RunRow, worker_dead, worker_name
 from .spec import Study
 from .tuning import TUNING_FILE, TUNING_IDS_KEY, configuration_label, decide, load_choices
@@ -327,8 +328,6 @@ class Runner:
     def _execute(self, ids: list[str]) -> None:
         """Do the runs of `ids` with the executor until none can be claimed (or the study is cancelled)."""
         if self.executor.remote:
-            from .executors.remote import RemoteDriver
-
             RemoteDriver(self.study, self.out, self.executor, work=self.work, stale_after=self.stale_after,
                          **self.driver_options).drive(ids)
         elif self.workers == 1:

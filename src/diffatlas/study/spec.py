@@ -66,6 +66,7 @@ from typing import Any, Sequence
 
 from .. import config as C
 from .. import validate
+from ..config import parse_yaml_file
 from ..errors import UserError
 from ..validate import KIMG_MAX, SEED, Range
 from .design import PHASE_KEY, TUNING, RunSpec, Study, Tune, is_tuning, run_id, short_key
@@ -281,8 +282,6 @@ def parse_arm(value: Any) -> str | None:
 
 def load_study(path: str | Path) -> Study:
     """Read and validate a study file (YAML). Touches nothing on disk besides reading."""
-    from ..config import parse_yaml_file
-
     p = Path(path)
     data = parse_yaml_file(p, "study file")
     return study_from_dict(data, source=str(p), base_dir=p.parent)

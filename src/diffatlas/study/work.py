@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..config import dump_yaml
 from ..io import atomic_write_text
 from .ledger import Ledger
-from .spec import Evaluation
+from .results import setting_label
+from .spec import Evaluation, setting_kwargs
 
 
 @dataclass
@@ -38,10 +40,10 @@ def train_and_evaluate(task: Task) -> None:
     """The real per-run work: train (resumes from the latest snapshot), then evaluate every
     snapshot with every sampler setting (skips entries already in metrics.jsonl), then the
     sample-count sweep and the independent draws (evaluation.draws) on the final snapshot."""
+    # on use: keeps the training and evaluation layers out of `diffatlas --help`; looked up on each call,
+    # so that train.train and evaluation.evaluate_run can be replaced (tests fake them)
     from ..evaluation import evaluate_run
     from ..train import train
-    from .results import setting_label
-    from .spec import setting_kwargs
 
     ev = task.evaluation
     task.log(f"train {task.id} -> {task.run_dir}" + (f" ({task.processes} processes, torchrun)" if task.processes > 1 else ""))
@@ -71,8 +73,6 @@ def train_and_evaluate(task: Task) -> None:
 def train_under_torchrun(task: Task) -> None:
     """Train one run with `task.processes` processes on this node (torchrun, one per GPU; gloo on CPU).
     diffatlas.train picks the process group up from torchrun's environment and resumes by itself."""
-    from ..config import dump_yaml
-
     cfg_path = task.run_dir / ".torchrun-config.yaml"
     atomic_write_text(cfg_path, dump_yaml(task.config))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={task.processes}",

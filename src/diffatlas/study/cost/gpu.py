@@ -11,7 +11,13 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ... import config as C
 from ...errors import UserError
+from ...guidance import train_noisy_classifier_for, untrained_classifier
+from ...metrics.extractors import SmallCNN
+from ...metrics.inception import FIDInceptionV3
+from ...model import make_network
+from ...networks import count_flops
 from ..spec import Evaluation, RunSpec
 from ..status import format_duration
 from .measure import _load_split
@@ -104,17 +110,11 @@ def model_flops(cfg: Any, shape: tuple[int, ...], classes: int | None, extractor
     noise-aware classifier (0 where they do not apply). Built on the meta device: no memory, no weights."""
     import torch
 
-    from ...guidance import untrained_classifier
-    from ...model import make_network
-    from ...networks import count_flops
-
     out = {"network": 0, "extractor": 0, "classifier": 0, "noisy": 0}
     with torch.device("meta"):
         net = make_network(cfg, shape, classes)
     out["network"] = count_flops(net, shape, cond=bool(cfg.network.conditional))
     if len(shape) == 3:
-        from ...metrics.extractors import SmallCNN
-
         with torch.device("meta"):
             if 8 <= shape[-1] <= 64:
                 cnn = SmallCNN(shape[0], classes or 10, shape[-1])
@@ -122,8 +122,6 @@ def model_flops(cfg: Any, shape: tuple[int, ...], classes: int | None, extractor
             if extractor == "classifier":
                 out["extractor"] = out["classifier"]
             else:
-                from ...metrics.inception import FIDInceptionV3
-
                 ext = FIDInceptionV3()
                 out["extractor"] = _flops(lambda x: ext.logits(ext(x)), torch.zeros(1, 3, shape[1], shape[2]))
     if classes:
@@ -189,8 +187,6 @@ def gpu_times(runs: list[RunSpec], works: list[Work], ev: Evaluation, gpu: str,
         flop += work.real_images * f["extractor"]
         t_one = 0.0
         if work.noisy_classifier:
-            from ...guidance import train_noisy_classifier_for
-
             p = inspect.signature(train_noisy_classifier_for).parameters
             t_one += int(p["steps"].default) * int(p["batch"].default) * 3 * f["noisy"] / fwd
         dkey = json.dumps(_section(cfg, "data"), sort_keys=True)
@@ -259,6 +255,4 @@ def gpu_estimate(runs: list[RunSpec], works: list[Work], ev: Evaluation, gpu: st
 
 
 def _section(cfg: Any, section: str) -> dict:
-    from ... import config as C
-
     return C.to_dict(cfg)[section]

@@ -19,7 +19,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ... import validate
+from ...data import load_dataset
 from ...errors import UserError
+from ...evaluation import SAMPLE_BATCH
+from ...guidance import (accuracy_by_noise_level, classifier_free_guidance, make_guidance,
+                         train_noisy_classifier, train_noisy_classifier_for, untrained_classifier)
+from ...metrics import METRICS, MetricContext
+from ...metrics.eval_classifier import data_id, default_classifier_dir, train_eval_classifier
+from ...metrics.extractors import (ClassifierExtractor, InceptionExtractor, SmallCNN, file_hash,
+                                   inception_weights_path, load_classifier, save_classifier, train_classifier)
+from ...metrics.inception import FEATURE_DIM, FIDInceptionV3, NUM_CLASSES
+from ...metrics.reference import RefKey, default_cache_dir
+from ...metrics.stats import FrechetReference
+from ...rundir import RunDir
+from ...sampling import generate, load_run, run_plan
+from ...tensorboard_log import log_evaluation
 from ..spec import Evaluation
 from .workload import Job, Work, _guidance_kind
 
@@ -98,8 +113,6 @@ class _Subset:
 
 
 def _load_split(cfg: Any, split: str) -> Any:
-    from ...data import load_dataset
-
     d = cfg.data
     return load_dataset(d.name, root=d.root, split=split, resolution=d.resolution, **dict(d.options))
 
@@ -108,9 +121,6 @@ def _eval_classifier_s(cfg: Any, dev: Any, train_set: Any, feature_s: float) -> 
     """Seconds to train the evaluation classifier of the run's dataset as train_eval_classifier
     (metrics.eval_classifier) does (its epochs and batch for the dataset's size), from the time of a
     few steps of train_classifier."""
-    from ...metrics.eval_classifier import train_eval_classifier
-    from ...metrics.extractors import train_classifier
-
     params = inspect.signature(train_eval_classifier).parameters
     batch = int(params["batch_size"].default)
     n_train = len(train_set)
@@ -139,8 +149,6 @@ def _eval_classifier_s(cfg: Any, dev: Any, train_set: Any, feature_s: float) -> 
 def _noisy_classifier_s(cfg: Any, dynamics: Any, dev: Any, train_set: Any) -> tuple[float, str]:
     """Seconds to train one run's noise-aware classifier as guidance.train_noisy_classifier_for does (its
     default steps and batch; accuracy at 8 noise levels over the test split, else the train split)."""
-    from ...guidance import accuracy_by_noise_level, train_noisy_classifier, train_noisy_classifier_for
-
     params = inspect.signature(train_noisy_classifier_for).parameters
     total, batch = int(params["steps"].default), int(params["batch"].default)
     levels = int(inspect.signature(accuracy_by_noise_level).parameters["levels"].default)
@@ -174,16 +182,6 @@ def measure_evaluation(run_dir: Path, ev: Evaluation, *, threads: int, one_offs:
     import numpy as np
     import torch
 
-    from ...evaluation import SAMPLE_BATCH
-    from ...metrics.eval_classifier import data_id, default_classifier_dir
-    from ...metrics import METRICS, MetricContext
-    from ...metrics.reference import RefKey, default_cache_dir
-    from ...metrics.stats import FrechetReference
-    from ... import validate
-    from ...rundir import RunDir
-    from ...sampling import generate, load_run, run_plan
-    from ...tensorboard_log import log_evaluation
-
     t_start = time.perf_counter()
     old_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(threads)))
@@ -213,14 +211,10 @@ def measure_evaluation(run_dir: Path, ev: Evaluation, *, threads: int, one_offs:
         nfe_s: dict = {None: per_nfe(run.denoiser, cond_net)}
         kinds = {_guidance_kind(s) for s in ev.samplers} - {None}
         if "classifier" in kinds and k:
-            from ...guidance import make_guidance, untrained_classifier
-
             clf = untrained_classifier(shape, k).to(dev)
             nfe_s["classifier"] = per_nfe(make_guidance(run, "classifier", 1.0, classifier=clf, device=dev)(run.denoiser),
                                           labels)
         if "cfg" in kinds and k and cfg.network.conditional:
-            from ...guidance import classifier_free_guidance
-
             nfe_s["cfg"] = per_nfe(classifier_free_guidance(run.denoiser, 2.0, num_classes=k), labels)
 
         # the extractor: the dataset's evaluation classifier (cached, else the same architecture untrained)
@@ -235,8 +229,6 @@ def measure_evaluation(run_dir: Path, ev: Evaluation, *, threads: int, one_offs:
             call_s += t_data  # evaluate_run loads the reference split in every call
             cached = default_classifier_dir(d.name, d.resolution, d.options)
             if ev.extractor == "classifier":
-                from ...metrics.extractors import ClassifierExtractor, SmallCNN, load_classifier, save_classifier
-
                 if (cached / "classifier.json").is_file():
                     t_load, ext = _timed(lambda: load_classifier(cached, device=dev))
                     ext_hash = ext.weights_hash
@@ -253,9 +245,6 @@ def measure_evaluation(run_dir: Path, ev: Evaluation, *, threads: int, one_offs:
                 batch = ext.batch_size
                 dim, classes = ext.feature_dim, ext.num_classes
             else:
-                from ...metrics.extractors import InceptionExtractor, file_hash, inception_weights_path
-                from ...metrics.inception import FEATURE_DIM, NUM_CLASSES, FIDInceptionV3
-
                 path = inception_weights_path()
                 if path.is_file():
                     t_load, ext = _timed(lambda: InceptionExtractor(path, device=dev))

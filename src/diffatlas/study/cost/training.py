@@ -17,6 +17,9 @@ from pathlib import Path
 
 from ...checkpoint import read_stats
 from ...errors import UserError
+from ...evaluation import SAMPLE_BATCH
+from ...sampling import generate, load_run, run_plan
+from ...train import train
 from ..spec import RunSpec
 from .measure import measure_evaluation
 
@@ -26,8 +29,6 @@ MIN_TIMED_S = 1.0   # training steps are added until at least this much is timed
 def _train_rate(cfg, steps: int, per_tick: int, run_dir: Path) -> tuple[list[float], float]:
     """Train 1 + `steps` ticks of `per_tick` steps each into `run_dir`; returns (images/s of every tick
     after the first, seconds of the whole call)."""
-    from ...train import train
-
     batch = cfg.train.batch
     kimg = (steps + 1) * per_tick * batch / 1000
     cfg = replace(cfg, train=replace(cfg.train, kimg=kimg, tick_kimg=per_tick * batch / 1000, snapshot_kimg=kimg,
@@ -102,9 +103,6 @@ class _SamplingProbe:
     def __init__(self, run: RunSpec, threads: int) -> None:
         import torch
 
-        from ...evaluation import SAMPLE_BATCH
-        from ...sampling import load_run, run_plan
-
         self.threads = threads
         self._tmp = tempfile.TemporaryDirectory(prefix="diffatlas-calib-probe-")
         run_dir = Path(self._tmp.name) / "run"
@@ -118,8 +116,6 @@ class _SamplingProbe:
 
     def seconds(self) -> float:
         import torch
-
-        from ...sampling import generate
 
         old = torch.get_num_threads()
         torch.set_num_threads(self.threads)

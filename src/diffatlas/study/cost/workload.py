@@ -17,6 +17,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ...checkpoint import list_snapshots
+from ...evaluation import NOISY_CLASSIFIER_DIR
+from ...guidance import parse_guidance_spec
+from ...metrics import METRICS
+from ...model import make_dynamics
+from ...samplers import SAMPLERS
+from ...samplers.api import prior_from_seeds
+from ...sampling import run_plan
+from ...train import Schedule
+from ..results import setting_label
 from ..spec import Evaluation, RunSpec
 
 
@@ -83,10 +93,6 @@ def setting_nfe(cfg: Any, dynamics: Any, setting: dict) -> int:
     by the plan's NFE budget when it has one."""
     import torch
 
-    from ...samplers import SAMPLERS
-    from ...samplers.api import prior_from_seeds
-    from ...sampling import run_plan
-
     plan = run_plan(cfg, dynamics, **{k: setting[k] for k in ("sampler", "steps", "nfe", "grid", "options") if k in setting})
     stub = _CountingDenoiser(dynamics)
     x = prior_from_seeds(dynamics, (1, 2), [0])  # the NFE does not depend on the sample's shape
@@ -99,8 +105,6 @@ def setting_nfe(cfg: Any, dynamics: Any, setting: dict) -> int:
 
 def snapshot_count(cfg: Any) -> int:
     """Snapshots a training run keeps (train.Schedule: every snapshot_kimg and at the end); 1 without keep_snapshots."""
-    from ...train import Schedule
-
     if not cfg.train.keep_snapshots:
         return 1
     s = Schedule(cfg)
@@ -108,27 +112,18 @@ def snapshot_count(cfg: Any) -> int:
 
 
 def _guidance_kind(setting: dict) -> str | None:
-    from ...guidance import parse_guidance_spec
-
     parsed = parse_guidance_spec(setting.get("guidance"))
     return parsed[0] if parsed else None
 
 
 def run_work(run: RunSpec, ev: Evaluation, nfe_of: Callable[[RunSpec, dict], int] | None = None) -> Work:
     """The work of one run under the evaluation plan `ev` (see the module docstring)."""
-    from ...evaluation import NOISY_CLASSIFIER_DIR
-    from ...metrics import METRICS
-    from ..results import setting_label
-
     cfg = run.config
     nfe_of = nfe_of or (lambda r, s: setting_nfe(r.config, _dynamics(r.config), s))
     if run.run_dir is not None:  # a finished run, evaluated in place
-        from ...checkpoint import list_snapshots
 
         snaps, images, steps = len(list_snapshots(run.run_dir)), 0, 0
     else:
-        from ...train import Schedule
-
         snaps = snapshot_count(cfg)
         steps = Schedule(cfg).total
         images = steps * cfg.train.batch
@@ -163,8 +158,6 @@ def run_work(run: RunSpec, ev: Evaluation, nfe_of: Callable[[RunSpec, dict], int
 
 
 def _dynamics(cfg: Any) -> Any:
-    from ...model import make_dynamics
-
     return make_dynamics(cfg)
 
 

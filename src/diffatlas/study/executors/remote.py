@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import UserError
-from ..ledger import Ledger, RunRow, worker_name
+from ..ledger import Ledger, RunRow, worker_dead, worker_name
 from ..spec import Study
 from ..work import CANCEL_KEY, WorkFn, cancelled_since, train_and_evaluate
-from . import ExecutorSpec
+from . import ExecutorSpec, RayOptions
 from .job import (  # noqa: F401  (the job side, re-exported: run_job and out_tag as executors.remote names them)
     RESULT_NAME,
     Backend,
@@ -46,11 +46,11 @@ from .job import (  # noqa: F401  (the job side, re-exported: run_job and out_ta
 
 def make_backend(spec: ExecutorSpec, out: Path, *, connect: bool = True) -> Backend:
     if spec.name == "slurm":
-        from .slurm import SlurmBackend
+        from .slurm import SlurmBackend  # on use: the optional dependency submitit
 
         return SlurmBackend(spec, out)
     if spec.name == "ray":
-        from .ray_backend import RayBackend
+        from .ray_backend import RayBackend  # on use: the optional dependency ray
 
         return RayBackend(spec, out, connect=connect)
     raise UserError(f"the {spec.name} executor runs no cluster jobs")
@@ -200,8 +200,6 @@ def cancel_study(out: Path, *, connect: bool = True) -> dict:
     pending again (their folders keep what they have; a later `study run` resumes them)."""
     import signal
 
-    from ..ledger import worker_dead
-
     if not (out / "ledger.sqlite").is_file():
         raise UserError(f"{str(out)!r} holds no study (no ledger.sqlite); nothing to cancel")
     report = {"jobs": [], "local": [], "runs": 0, "notes": []}
@@ -219,8 +217,6 @@ def cancel_study(out: Path, *, connect: bool = True) -> dict:
         for name, jobs in by_executor.items():
             spec = ExecutorSpec(name=name)
             if name == "ray" and isinstance(spec_dict.get("ray"), dict):
-                from . import RayOptions
-
                 spec = ExecutorSpec(name=name, ray=RayOptions(address=ledger.get_meta("ray_address")
                                                               or spec_dict["ray"].get("address")))
             try:
