@@ -328,3 +328,20 @@ def test_default_guidance_classifier_is_trained_once_per_dataset_and_process(run
     import dataclasses
     other = dataclasses.replace(cfg, dynamics=dataclasses.replace(cfg.dynamics, name="ncsn", options={}))
     assert E.default_noisy_classifier_dir(other) != shared
+
+
+def test_evaluation_classifier_weights_do_not_depend_on_the_callers_threads(tmp_path):
+    """A study worker trains the classifier at cores // workers threads, `diffatlas train-classifier` at
+    all cores: the same weights either way (training runs at TRAIN_THREADS), and the caller's thread
+    count is restored."""
+    before = torch.get_num_threads()
+    hashes = []
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            _, info, _ = EC.train_eval_classifier("digits", epochs=1, out_dir=tmp_path / f"t{t}", device="cpu", log=None)
+            assert torch.get_num_threads() == t and info["threads"] == EC.TRAIN_THREADS
+            hashes.append(info["weights_hash"])
+    finally:
+        torch.set_num_threads(before)
+    assert hashes[0] == hashes[1]

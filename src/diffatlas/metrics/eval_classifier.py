@@ -23,6 +23,10 @@ from .extractors import load_classifier, save_classifier, train_classifier
 LogFn = Callable[[str], Any]
 
 
+# CPU threads of the evaluation classifier's training (see train_eval_classifier): the count the
+# committed results' classifiers were trained with.
+TRAIN_THREADS = 2
+
 def _quiet(_: str) -> None:
     return None
 
@@ -89,10 +93,20 @@ def train_eval_classifier(dataset: str, *, root: str | None = None, resolution: 
     dev = torch.device(validate.device(device))
     log(f"training the evaluation classifier for {dataset} ({x.shape[0]} images {tuple(x.shape[1:])}, "
         f"{epochs} epochs, {dev.type})")
-    ext, info = train_classifier(x, y, xt, yt, epochs=int(epochs), batch_size=batch_size, lr=lr, seed=seed,
-                                 device=dev, dataset=dataset, num_classes=int(train_set.num_classes))
+    # The classifier defines FID and IS, so its weights must not depend on who trains it: on the CPU the
+    # order of a parallel reduction follows torch's thread count (a study worker runs at cores // workers,
+    # `diffatlas train-classifier` at all cores), so training always runs at TRAIN_THREADS threads.
+    threads = torch.get_num_threads()
+    if dev.type == "cpu":
+        torch.set_num_threads(TRAIN_THREADS)
+    try:
+        ext, info = train_classifier(x, y, xt, yt, epochs=int(epochs), batch_size=batch_size, lr=lr, seed=seed,
+                                     device=dev, dataset=dataset, num_classes=int(train_set.num_classes))
+    finally:
+        torch.set_num_threads(threads)
     info.update({"resolution": resolution, "root": root, "options": opts, "test_split": test_split,
-                 "data_id": data_id(dataset, resolution, opts), "device": dev.type})
+                 "data_id": data_id(dataset, resolution, opts), "device": dev.type,
+                 "threads": TRAIN_THREADS if dev.type == "cpu" else None})
     ext.info = dict(info)
     out = Path(out_dir) if out_dir is not None else default_classifier_dir(dataset, resolution, opts)
     save_classifier(out, ext, info)
