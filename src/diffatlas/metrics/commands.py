@@ -11,12 +11,6 @@ from .. import validate
 from ..errors import UserError
 from ..validate import COUNT, POSITIVE, SEED, Range, arg
 
-BOOT = Range(0, 100_000, integer=True)
-
-EVAL_HELP = ("comma-separated: fid, is, kid, pr (precision and recall), class_accuracy, bpd (negative log-likelihood "
-             "in bits/dim of test data through the probability-flow ODE)")
-
-
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-classifier",
                        help="train a dataset's evaluation classifier, or (--noisy) a run's noise-aware guidance classifier")
